@@ -169,8 +169,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
         raise ImageLoadError(
             f"array dtype {a.dtype} is not supported; use uint8, uint16, bool or float in [0, 1]"
         )
-    mode = {2: "L", 3: "RGB", 4: "RGBA"}[a.ndim if a.ndim == 2 else a.shape[-1]]
-    return Image.fromarray(np.ascontiguousarray(a), mode=mode)
+    # uint8 (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def _rescale_to_uint8(a: np.ndarray, full_scale: float) -> np.ndarray:
@@ -188,11 +188,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         # 16-bit grey: scale 0..65535 to 0..255 (a plain convert("L") clips at 255)
         a = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(_rescale_to_uint8(a, 65535.0), mode="L").convert("RGB")
+        return Image.fromarray(_rescale_to_uint8(a, 65535.0)).convert("RGB")
     if mode in ("I", "F"):
         a = np.asarray(image, dtype=np.float64)
         top = 65535.0 if a.max() > 255 else 255.0
-        return Image.fromarray(_rescale_to_uint8(np.clip(a, 0, None), top), mode="L").convert("RGB")
+        return Image.fromarray(_rescale_to_uint8(np.clip(a, 0, None), top)).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -1,0 +1,89 @@
+"""Overlays and figures: shapes, value ranges, colours in RGB order, files for slides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import colormaps
+
+from xai_helpers.viz import (
+    normalize_map,
+    overlay,
+    plot_grid,
+    save_figure,
+    to_numpy_image,
+    upsample_map,
+)
+
+
+def test_upsample_shapes_and_constant_maps():
+    low = np.arange(49, dtype=np.float32).reshape(7, 7)
+    up = upsample_map(low, (224, 224))
+    assert up.shape == (224, 224)
+    assert low.min() - 1e-5 <= up.min() and up.max() <= low.max() + 1e-5
+    batch = upsample_map(torch.ones(3, 7, 7), (50, 60))
+    assert batch.shape == (3, 50, 60)
+    np.testing.assert_allclose(batch, 1.0, atol=1e-6)
+
+
+def test_normalize_map_range_and_constant():
+    m = normalize_map(np.array([[1.0, 3.0], [2.0, 5.0]]))
+    assert m.min() == 0.0 and m.max() == 1.0
+    assert not np.isnan(normalize_map(np.zeros((7, 7)))).any()
+    assert (normalize_map(np.full((7, 7), 3.0)) == 0).all()
+
+
+def test_overlay_is_rgb_in_unit_range():
+    image = np.zeros((32, 48, 3), np.uint8)
+    heat = np.zeros((4, 6))
+    heat[0, 0] = 1.0
+    out = overlay(image, heat, cmap="jet", alpha=1.0)
+    assert out.shape == (32, 48, 3)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # alpha=1 shows the colormap itself, in RGB order: jet's top is red, its bottom blue
+    top = colormaps["jet"](1.0)[:3]
+    bottom = colormaps["jet"](0.0)[:3]
+    np.testing.assert_allclose(out[0, 0], top, atol=0.05)
+    np.testing.assert_allclose(out[-1, -1], bottom, atol=1e-6)
+    assert out[0, 0, 0] > out[0, 0, 2]  # red, not blue: no BGR swap
+
+
+def test_overlay_alpha_zero_is_the_image():
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 20, 3)).astype(np.float32)
+    np.testing.assert_allclose(overlay(image, rng.random((5, 5)), alpha=0.0), image, atol=1e-6)
+
+
+def test_to_numpy_image_accepts_chw_tensors():
+    t = torch.rand(3, 10, 12)
+    assert to_numpy_image(t).shape == (10, 12, 3)
+    with pytest.raises(ValueError, match="expected an RGB image"):
+        to_numpy_image(np.zeros((10, 12)))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_grid_and_save(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 64, 3)) for _ in range(2)]
+    maps = {
+        "Grad-CAM": [rng.random((7, 7)) for _ in range(2)],
+        "LRP": [rng.standard_normal((64, 64)), None],
+    }
+    fig = plot_grid(images, maps, row_titles=["a", "b"], symmetric={"LRP": True})
+    assert len(fig.axes) == 2 * 3
+    path = save_figure(fig, tmp_path / f"grid{suffix}", dpi=50)
+    assert path.stat().st_size > 1000
+
+
+def test_grid_rejects_mismatched_columns():
+    with pytest.raises(ValueError, match="has 1 maps for 2 images"):
+        plot_grid([np.zeros((8, 8, 3))] * 2, {"CAM": [np.zeros((2, 2))]})
+
+
+def test_save_figure_rejects_unknown_format(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    with pytest.raises(ValueError, match="unsupported figure format"):
+        save_figure(fig, tmp_path / "x.bmp")
