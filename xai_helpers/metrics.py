@@ -1,0 +1,838 @@
+r"""Measuring explanations instead of awarding them stars: faithfulness, localisation, sanity, cost.
+
+Every metric takes plain tensors, so it works for any method that returns a map:
+
+* ``model``: any callable ``(B, 3, H, W) -> (B, C)`` logits (an ``nn.Module`` in eval mode);
+* ``x``: the preprocessed batch ``(N, 3, H, W)`` the model sees;
+* ``maps``: one map per image, ``(N, H, W)`` (a smaller ``(N, h, w)`` map is upsampled bilinearly);
+* ``target``: the explained class of each image, ``(N,)``.
+
+Faithfulness
+    :func:`deletion` and :func:`insertion` curves with their area under the curve (Petsiuk et
+    al., "RISE", BMVC 2018, Sec. 4.1), batched so that a curve of :math:`K` steps for :math:`N`
+    images costs :math:`\lceil N(K+1)/B \rceil` forward passes of batch size :math:`B`;
+    :func:`average_drop_increase` (Chattopadhay et al., "Grad-CAM++", WACV 2018, Sec. 5.1).
+Localisation
+    :func:`pointing_game` (Zhang et al., "Top-down neural attention by excitation backprop",
+    ECCV 2016 / IJCV 2018, Sec. 5.1) and :func:`energy_pointing_game` (Wang et al.,
+    "Score-CAM", CVPR-W 2020, Sec. 5.2), against boxes given in the original photo's pixels and
+    mapped through the model's resize and centre crop by :func:`box_to_input_frame`.
+Sanity
+    :func:`randomize_layers` and :func:`cascading_randomization` (Adebayo et al., "Sanity
+    checks for saliency maps", NeurIPS 2018, Sec. 3.1), compared with :func:`spearman_rank` and
+    :func:`ssim`.
+Cost
+    :func:`measure_cost`: wall time, forward/backward passes and peak memory of one call.
+
+Baselines ("what does a removed pixel become?") are named or given as a tensor:
+``"zeros"`` is the all-zero *input tensor*, i.e. the dataset mean colour after normalisation
+(mid-grey for EfficientNet-Lite, whose mean = std = 0.5); ``"mean"`` is each image's own mean
+colour; ``"blur"`` is a Gaussian blur of the image (RISE's insertion baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "BOXES_PATH",
+    "Baseline",
+    "Cost",
+    "CurveResult",
+    "DropIncrease",
+    "MetricError",
+    "PhotoObject",
+    "SanityResult",
+    "auc",
+    "average_drop_increase",
+    "box_to_input_frame",
+    "boxes_to_mask",
+    "cascading_randomization",
+    "deletion",
+    "energy_pointing_game",
+    "insertion",
+    "load_photo_boxes",
+    "make_baseline",
+    "measure_cost",
+    "model_geometry",
+    "perturbation_curve",
+    "pointing_game",
+    "randomize_layers",
+    "spearman_rank",
+    "ssim",
+]
+
+BOXES_PATH = Path(__file__).resolve().parents[1] / "data" / "boxes.json"
+
+Baseline = Tensor | Literal["zeros", "mean", "blur"]
+Box = tuple[float, float, float, float]
+_R = TypeVar("_R")
+
+
+class MetricError(ValueError):
+    """Inputs to a metric do not fit together; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# input checks and small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_batch(
+    x: Tensor, maps: Tensor, target: Tensor | int | Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Validate shapes; return ``maps`` at the input resolution and ``target`` as (N,) long."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise MetricError(f"x must be a batch (N, 3, H, W), got {shape}; add .unsqueeze(0)")
+    maps = torch.as_tensor(maps).detach()
+    if maps.dim() == 2:
+        maps = maps[None]
+    if maps.dim() != 3 or maps.shape[0] != x.shape[0]:
+        raise MetricError(
+            f"maps must be (N, H, W) with N = {x.shape[0]} images, got {tuple(maps.shape)}"
+        )
+    if not torch.isfinite(maps).all():
+        raise MetricError("maps contain NaN or inf; fix the explanation before scoring it")
+    maps = maps.to(device=x.device, dtype=x.dtype)
+    if maps.shape[-2:] != x.shape[-2:]:
+        # low-resolution maps (a CAM's h x w) are upsampled as the CAM papers display them
+        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = maps[:, 0]
+    return maps, _as_target(target, x.shape[0], x.device)
+
+
+def _as_target(target: Tensor | int | Sequence[int], n: int, device: torch.device) -> Tensor:
+    t = torch.as_tensor(target, device=device).long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise MetricError(f"target must have one class per image ({n}), got {t.numel()}")
+    return t.clone()
+
+
+def _unit(maps: Tensor) -> Tensor:
+    """Min-max normalise each map to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    span = flat.max(1, keepdim=True).values - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return out.view_as(maps)
+
+
+def _scores(logits: Tensor, target: Tensor, score: str) -> Tensor:
+    if score == "probability":
+        return logits.softmax(dim=1).gather(1, target[:, None])[:, 0]
+    if score == "logit":
+        return logits.gather(1, target[:, None])[:, 0]
+    raise MetricError(f"score must be 'probability' or 'logit', not {score!r}")
+
+
+def make_baseline(x: Tensor, baseline: Baseline = "zeros", blur_sigma: float = 5.0) -> Tensor:
+    r"""The image a removed pixel is replaced with (deletion) or a curve starts from (insertion).
+
+    Parameters
+    ----------
+    x:
+        The preprocessed batch ``(N, 3, H, W)``.
+    baseline:
+        ``"zeros"``: the zero input tensor (after normalisation this is the dataset mean colour);
+        ``"mean"``: each image's own per-channel mean colour; ``"blur"``: a Gaussian blur of
+        ``x`` with standard deviation ``blur_sigma`` pixels and a kernel of
+        :math:`2\lceil 2\sigma \rceil + 1` pixels (Petsiuk et al. 2018 blur with
+        :math:`\sigma = 5`); or a tensor broadcastable to ``x``.
+    """
+    if isinstance(baseline, Tensor):
+        try:
+            return torch.broadcast_to(baseline.to(device=x.device, dtype=x.dtype), x.shape)
+        except RuntimeError as err:
+            raise MetricError(
+                f"baseline of shape {tuple(baseline.shape)} does not broadcast to x "
+                f"{tuple(x.shape)}; pass (N, 3, H, W), (3, 1, 1) or a name"
+            ) from err
+    if baseline == "zeros":
+        return torch.zeros_like(x)
+    if baseline == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
+    if baseline == "blur":
+        if blur_sigma <= 0:
+            raise MetricError(f"blur_sigma must be positive, got {blur_sigma}")
+        k = 2 * math.ceil(2 * blur_sigma) + 1
+        return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[blur_sigma, blur_sigma])
+    raise MetricError(f"unknown baseline {baseline!r}; use 'zeros', 'mean', 'blur' or a tensor")
+
+
+# --------------------------------------------------------------------------------------------
+# faithfulness: deletion and insertion (Petsiuk et al. 2018)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurveResult:
+    """A deletion or insertion curve per image.
+
+    Attributes
+    ----------
+    fractions:
+        ``(K+1,)`` fraction of pixels deleted (or inserted) at each step, from 0 to 1.
+    scores:
+        ``(N, K+1)`` score of the target class (probability by default) at each step.
+    auc:
+        ``(N,)`` area under each curve (trapezoid rule over ``fractions``).
+    mode:
+        ``"deletion"`` (lower is better) or ``"insertion"`` (higher is better).
+    """
+
+    fractions: Tensor
+    scores: Tensor
+    auc: Tensor
+    mode: str
+
+    @property
+    def mean_auc(self) -> float:
+        return float(self.auc.mean())
+
+
+def auc(scores: Tensor, fractions: Tensor) -> Tensor:
+    r"""Area under curves by the trapezoid rule, :math:`\sum_k \tfrac12 (s_k + s_{k+1})
+    (f_{k+1} - f_k)`, along the last axis."""
+    return torch.trapezoid(scores, fractions.to(scores), dim=-1)
+
+
+def _pixel_ranks(maps: Tensor, generator: torch.Generator) -> Tensor:
+    """Rank of each pixel in descending importance, ties broken uniformly at random.
+
+    A stable sort alone would break ties by pixel index (top rows first), so a constant map
+    would delete the image from the top down instead of in random order.
+    """
+    n, hw = maps.shape[0], maps[0].numel()
+    perm = torch.argsort(torch.rand(n, hw, generator=generator), dim=1).to(maps.device)
+    shuffled = maps.flatten(1).gather(1, perm)
+    order = perm.gather(1, torch.argsort(shuffled, dim=1, descending=True, stable=True))
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(hw, device=maps.device).expand(n, hw).contiguous())
+    return ranks
+
+
+@torch.no_grad()
+def perturbation_curve(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor | int | Sequence[int],
+    mode: Literal["deletion", "insertion"] = "deletion",
+    baseline: Baseline = "zeros",
+    steps: int = 50,
+    batch_size: int = 64,
+    score: Literal["probability", "logit"] = "probability",
+    blur_sigma: float = 5.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> CurveResult:
+    r"""Deletion or insertion curve: perturb pixels in order of decreasing map value.
+
+    At step :math:`k = 0, \dots, K` the :math:`n_k = \mathrm{round}(k\,HW/K)` most important
+    pixels (all three colour channels) are replaced by the baseline (deletion) or copied from the
+    image onto the baseline (insertion); the curve is the target's score
+    :math:`f_c(\tilde x^{(k)})` against :math:`n_k / HW`, and its area is the metric
+    (Petsiuk et al., "RISE: Randomized input sampling for explanation of black-box models",
+    BMVC 2018, Sec. 4.1). All :math:`N(K+1)` perturbed images are evaluated in batches of
+    ``batch_size``, mixing images, so a curve costs about :math:`(K+1)/B` forward passes per
+    image. Ties in the map are broken uniformly at random (``seed``).
+
+    Parameters
+    ----------
+    model, x, maps, target:
+        See the module docstring.
+    mode:
+        ``"deletion"`` (a faithful map makes the score fall fast: low AUC is good) or
+        ``"insertion"`` (a faithful map makes it rise fast: high AUC is good).
+    baseline:
+        See :func:`make_baseline`; RISE uses ``"zeros"`` for deletion and ``"blur"`` for
+        insertion.
+    steps:
+        :math:`K`, the number of perturbation steps (RISE: :math:`HW/224`, i.e. 224 steps).
+    score:
+        ``"probability"`` (softmax, as in RISE) or ``"logit"``.
+    """
+    maps, target = _check_batch(x, maps, target)
+    if mode not in ("deletion", "insertion"):
+        raise MetricError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
+    if steps < 1 or batch_size < 1:
+        raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    n, c, h, w = x.shape
+    hw = h * w
+    base = make_baseline(x, baseline, blur_sigma)
+    ranks = _pixel_ranks(maps, torch.Generator().manual_seed(seed))
+    counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * hw / steps).long()
+    counts = counts.to(x.device)
+    fractions = counts.double().cpu() / hw
+    total = n * (steps + 1)
+    scores = torch.empty(total, dtype=torch.float64)
+    flat_x, flat_b = x.flatten(2), base.flatten(2)
+    batches = range(0, total, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=mode, leave=False)
+    for start in batches:
+        pair = torch.arange(start, min(start + batch_size, total), device=x.device)
+        image, step = pair // (steps + 1), pair % (steps + 1)
+        changed = (ranks[image] < counts[step][:, None])[:, None, :]  # (B, 1, HW)
+        if mode == "deletion":
+            batch = torch.where(changed, flat_b[image], flat_x[image])
+        else:
+            batch = torch.where(changed, flat_x[image], flat_b[image])
+        logits = model(batch.view(-1, c, h, w))
+        scores[start : start + len(pair)] = _scores(logits, target[image], score).double().cpu()
+    scores = scores.view(n, steps + 1)
+    return CurveResult(fractions=fractions, scores=scores, auc=auc(scores, fractions), mode=mode)
+
+
+def deletion(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor | int | Sequence[int],
+    baseline: Baseline = "zeros",
+    **kwargs: Any,
+) -> CurveResult:
+    """Deletion curve (lower AUC = more faithful); see :func:`perturbation_curve`."""
+    return perturbation_curve(model, x, maps, target, mode="deletion", baseline=baseline, **kwargs)
+
+
+def insertion(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor | int | Sequence[int],
+    baseline: Baseline = "blur",
+    **kwargs: Any,
+) -> CurveResult:
+    """Insertion curve (higher AUC = more faithful); see :func:`perturbation_curve`."""
+    return perturbation_curve(model, x, maps, target, mode="insertion", baseline=baseline, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# faithfulness: Average Drop and Increase in Confidence (Chattopadhay et al. 2018)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DropIncrease:
+    """Average Drop and Increase in Confidence of one set of maps.
+
+    Attributes
+    ----------
+    full, masked:
+        ``(N,)`` scores :math:`Y_i^c` of the full image and :math:`O_i^c` of the image seen
+        through the map.
+    drop:
+        ``(N,)`` :math:`\\max(0, Y_i^c - O_i^c) / Y_i^c`.
+    increase:
+        ``(N,)`` bool, :math:`Y_i^c < O_i^c`.
+    average_drop, increase_in_confidence:
+        Both in percent, over the batch (lower drop and higher increase are better).
+    """
+
+    full: Tensor
+    masked: Tensor
+    drop: Tensor
+    increase: Tensor
+
+    @property
+    def average_drop(self) -> float:
+        return 100.0 * float(self.drop.mean())
+
+    @property
+    def increase_in_confidence(self) -> float:
+        return 100.0 * float(self.increase.double().mean())
+
+
+@torch.no_grad()
+def average_drop_increase(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    maps: Tensor,
+    target: Tensor | int | Sequence[int],
+    baseline: Baseline = "zeros",
+    batch_size: int = 64,
+    blur_sigma: float = 5.0,
+) -> DropIncrease:
+    r"""Average Drop and Increase in Confidence (Chattopadhay et al., "Grad-CAM++", WACV 2018,
+    Sec. 5.1, Eqs. 20-21).
+
+    The image is seen through the map :math:`M \in [0, 1]` (min-max normalised per image):
+    :math:`\tilde x = b + M \odot (x - b)`, which is :math:`M \odot x` for the default
+    ``"zeros"`` baseline. With :math:`Y_i^c` the softmax probability of the target on the full
+    image and :math:`O_i^c` on :math:`\tilde x`,
+
+    .. math::
+        \text{Average Drop} = \frac{100}{N} \sum_i \frac{\max(0, Y_i^c - O_i^c)}{Y_i^c},
+        \qquad
+        \text{Increase in Confidence} = \frac{100}{N} \sum_i \mathbb 1[Y_i^c < O_i^c].
+
+    For signed maps (LRP) pass the positive part: min-max normalisation of a signed map would
+    put "no relevance" at some grey level in between.
+    """
+    maps, target = _check_batch(x, maps, target)
+    base = make_baseline(x, baseline, blur_sigma)
+    masked_x = base + _unit(maps)[:, None] * (x - base)
+    full, masked = [], []
+    for start in range(0, x.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        full.append(_scores(model(x[sl]), target[sl], "probability").double().cpu())
+        masked.append(_scores(model(masked_x[sl]), target[sl], "probability").double().cpu())
+    y, o = torch.cat(full), torch.cat(masked)
+    drop = (y - o).clamp_min(0) / y.clamp_min(torch.finfo(torch.float64).tiny)
+    return DropIncrease(full=y, masked=o, drop=drop, increase=y < o)
+
+
+# --------------------------------------------------------------------------------------------
+# localisation: boxes, pointing game, energy-based pointing game
+# --------------------------------------------------------------------------------------------
+
+
+def model_geometry(loaded: Any) -> tuple[int, int]:
+    """``(resize, crop)`` of a :class:`~xai_helpers.models.LoadedModel`'s preprocessing.
+
+    Read from its ``geometry`` (``Resize(resize)`` of the short side, then ``CenterCrop(crop)``).
+    """
+    resize = crop = None
+    for step in getattr(loaded.geometry, "transforms", []):
+        if isinstance(step, T.Resize):
+            if step.size is None or len(step.size) != 1:
+                raise MetricError("model_geometry expects Resize(int) of the short side")
+            resize = int(step.size[0])
+        elif isinstance(step, T.CenterCrop):
+            crop = int(step.size[0])
+    if resize is None or crop is None:
+        raise MetricError("the model's geometry is not Resize(int) + CenterCrop; map boxes by hand")
+    return resize, crop
+
+
+def box_to_input_frame(
+    box: Sequence[float], image_size: tuple[int, int], resize: int, crop: int
+) -> Box:
+    r"""Map a box from the original photo's pixels to the model input's pixels.
+
+    The preprocessing resizes the short side to ``resize`` (the long side to
+    :math:`\lfloor \text{resize} \cdot \text{long}/\text{short} \rfloor`, as torchvision does),
+    then takes the centre ``crop`` x ``crop`` square whose corner is
+    :math:`\mathrm{round}((W' - \text{crop})/2)`. A box
+    :math:`(l, t, r, b)` (pixel edges; right and bottom exclusive) becomes
+    :math:`(l s_x - o_x, t s_y - o_y, r s_x - o_x, b s_y - o_y)`, clipped to the crop.
+
+    Parameters
+    ----------
+    box:
+        ``(left, top, right, bottom)`` in the original image.
+    image_size:
+        ``(width, height)`` of the original image (PIL's ``.size``).
+    """
+    w, h = image_size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    off_x, off_y = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+    sx, sy = new_w / w, new_h / h
+    left, top, right, bottom = (float(v) for v in box)
+    if not (right > left and bottom > top):
+        raise MetricError(f"box {tuple(box)} is empty; boxes are (left, top, right, bottom)")
+    mapped = (left * sx - off_x, top * sy - off_y, right * sx - off_x, bottom * sy - off_y)
+    return tuple(float(min(max(v, 0.0), crop)) for v in mapped)  # type: ignore[return-value]
+
+
+def boxes_to_mask(
+    boxes: Sequence[Sequence[float] | Sequence[Sequence[float]]], size: tuple[int, int]
+) -> Tensor:
+    """Boolean masks ``(N, H, W)``: a pixel is inside when its centre lies in one of the boxes.
+
+    ``boxes[i]`` is one box ``(left, top, right, bottom)`` or a list of boxes (their union), in
+    the model input's pixels (see :func:`box_to_input_frame`).
+    """
+    h, w = size
+    cy = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
+    cx = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+    for i, item in enumerate(boxes):
+        group = [item] if len(item) == 4 and not isinstance(item[0], Sequence) else item
+        for box in group:
+            if len(box) != 4:
+                raise MetricError(f"box {box!r} must be (left, top, right, bottom)")
+            left, top, right, bottom = (float(v) for v in box)
+            masks[i] |= (cx >= left) & (cx < right) & (cy >= top) & (cy < bottom)
+    return masks
+
+
+def _check_masks(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    maps = torch.as_tensor(maps).detach().double()
+    masks = torch.as_tensor(masks, device=maps.device).bool()
+    if maps.dim() == 2:
+        maps, masks = maps[None], masks.reshape(1, *masks.shape[-2:])
+    if maps.shape != masks.shape:
+        raise MetricError(
+            f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ; build the masks "
+            "at the map's resolution with boxes_to_mask(boxes, maps.shape[-2:])"
+        )
+    return maps, masks
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 15) -> Tensor:
+    r"""Pointing game: is the map's maximum on the object? (Zhang et al., "Top-down neural
+    attention by excitation backprop", ECCV 2016 / IJCV 2018, Sec. 5.1.)
+
+    A hit when the most salient pixel :math:`p^\star = \arg\max_p M(p)` lies within
+    ``tolerance`` pixels (Euclidean; the paper uses 15) of a pixel of the object mask.
+    Accuracy is :math:`\#\text{hits} / N`. Ties for the maximum go to the first pixel in
+    row-major order, so a constant map points at the top-left corner.
+
+    Returns
+    -------
+    Tensor
+        ``(N,)`` bool hits.
+    """
+    maps, masks = _check_masks(maps, masks)
+    n, h, w = maps.shape
+    peak = maps.flatten(1).argmax(1)
+    hits = torch.zeros(n, dtype=torch.bool)
+    for i in range(n):
+        r, c = divmod(int(peak[i]), w)
+        r0, r1, c0, c1 = (
+            max(r - tolerance, 0),
+            r + tolerance + 1,
+            max(c - tolerance, 0),
+            c + tolerance + 1,
+        )
+        near = masks[i, r0:r1, c0:c1]
+        yy = torch.arange(r0, r0 + near.shape[0])[:, None] - r
+        xx = torch.arange(c0, c0 + near.shape[1])[None, :] - c
+        hits[i] = bool((near & (yy**2 + xx**2 <= tolerance**2)).any())
+    return hits
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    r"""Energy-based pointing game: the share of the map's energy inside the box (Wang et al.,
+    "Score-CAM: Score-weighted visual explanations for CNNs", CVPR-W 2020, Sec. 5.2).
+
+    .. math::
+        \text{Proportion} = \frac{\sum_{p \in \text{bbox}} M(p)}
+        {\sum_{p \in \text{bbox}} M(p) + \sum_{p \notin \text{bbox}} M(p)}
+
+    with each map min-max normalised to [0, 1] first. A constant map spreads its energy evenly,
+    so it scores the box's share of the image (the chance level). For signed maps (LRP) pass
+    the positive part.
+
+    Returns
+    -------
+    Tensor
+        ``(N,)`` proportions in [0, 1].
+    """
+    maps, masks = _check_masks(maps, masks)
+    unit = _unit(maps)
+    total = unit.flatten(1).sum(1)
+    inside = (unit * masks).flatten(1).sum(1)
+    area = masks.flatten(1).double().mean(1)
+    return torch.where(total > 0, inside / total.clamp_min(1e-300), area)
+
+
+@dataclass(frozen=True)
+class PhotoObject:
+    """An annotated object of a sample photo: its box in the photo's pixels and its classes."""
+
+    image: str
+    label: str
+    box: tuple[int, int, int, int]
+    classes: tuple[int, ...]
+
+
+def load_photo_boxes(path: str | Path = BOXES_PATH) -> list[PhotoObject]:
+    """The hand-drawn object boxes of the sample photos (``data/boxes.json``; see
+    ``data/BOXES.md`` for how they were drawn). ``classes`` are the ImageNet classes that count
+    as this object (e.g. the five domestic cat classes)."""
+    raw = json.loads(Path(path).read_text())
+    out = []
+    for image, objects in raw.items():
+        if image.startswith("_"):
+            continue
+        for label, entry in objects.items():
+            out.append(PhotoObject(image, label, tuple(entry["box"]), tuple(entry["classes"])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# sanity checks: cascading randomisation (Adebayo et al. 2018)
+# --------------------------------------------------------------------------------------------
+
+
+def randomize_layers(
+    model: nn.Module, names: Sequence[str], seed: int = 0, inplace: bool = False
+) -> nn.Module:
+    r"""Re-initialise the learnable parameters of the named submodules (and their children).
+
+    Each parameter tensor :math:`W` is replaced by Gaussian noise of the same mean and standard
+    deviation, :math:`W' \sim \mathcal N(\bar W, \mathrm{sd}(W)^2)`, so its scale (and hence the
+    activations' scale) is kept while everything learned is destroyed -- the re-initialisation
+    of Adebayo et al. ("Sanity checks for saliency maps", NeurIPS 2018, Sec. 3.1). Buffers
+    (BatchNorm running statistics) are left alone. The noise of parameter ``name`` is seeded
+    from ``seed`` and the name, so a layer gets the same noise whatever else is randomised.
+
+    Works on a deep copy unless ``inplace=True``; the copy keeps the original's mode.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    modules = dict(target.named_modules())
+    for name in names:
+        if name not in modules:
+            known = ", ".join(n for n, _ in target.named_children())
+            raise MetricError(f"model has no submodule {name!r}; top-level ones are: {known}")
+        with torch.no_grad():
+            for pname, p in modules[name].named_parameters():
+                full = f"{name}.{pname}" if name else pname
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + _stable_hash(full))
+                std = float(p.std()) if p.numel() > 1 else 0.0
+                if not std > 0:  # e.g. a freshly initialised all-ones BatchNorm weight
+                    std = float(p.abs().mean()) or 1.0
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                p.copy_((float(p.mean()) + std * noise).to(p))
+    return target
+
+
+def _stable_hash(text: str) -> int:
+    # Python's hash() of a str changes between runs (PYTHONHASHSEED); CRC-32 does not.
+    return zlib.crc32(text.encode())
+
+
+def spearman_rank(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
+    r"""Spearman rank correlation between paired maps ``(N, H, W)``: Pearson's :math:`r` of the
+    pixel ranks (average ranks for ties), as in Adebayo et al. 2018, Sec. 3.
+
+    ``absolute=True`` compares :math:`|a|` and :math:`|b|` (for signed maps). A constant map has
+    no ordering to share, so its correlation is defined as 0.
+    """
+    from scipy.stats import rankdata
+
+    a_np, b_np = _paired_numpy(a, b, absolute)
+    out = np.zeros(len(a_np))
+    for i, (u, v) in enumerate(zip(a_np, b_np, strict=True)):
+        if np.ptp(u) == 0 or np.ptp(v) == 0:
+            continue
+        out[i] = np.corrcoef(rankdata(u.ravel()), rankdata(v.ravel()))[0, 1]
+    return torch.from_numpy(out)
+
+
+def ssim(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
+    r"""Structural similarity (Wang et al., IEEE TIP 2004, Eq. 13) of paired maps ``(N, H, W)``,
+    each min-max normalised to [0, 1] first (``data_range = 1``; scikit-image's 7x7 window)."""
+    from skimage.metrics import structural_similarity
+
+    a_np, b_np = _paired_numpy(a, b, absolute)
+    a_np = _unit(torch.from_numpy(a_np)).numpy()
+    b_np = _unit(torch.from_numpy(b_np)).numpy()
+    return torch.tensor(
+        [structural_similarity(u, v, data_range=1.0) for u, v in zip(a_np, b_np, strict=True)],
+        dtype=torch.float64,
+    )
+
+
+def _paired_numpy(a: Tensor, b: Tensor, absolute: bool) -> tuple[np.ndarray, np.ndarray]:
+    a_np = torch.as_tensor(a).detach().double().cpu().numpy()
+    b_np = torch.as_tensor(b).detach().double().cpu().numpy()
+    if a_np.ndim == 2:
+        a_np, b_np = a_np[None], b_np[None]
+    if a_np.shape != b_np.shape or a_np.ndim != 3:
+        raise MetricError(f"maps must be paired (N, H, W), got {a_np.shape} and {b_np.shape}")
+    if absolute:
+        a_np, b_np = np.abs(a_np), np.abs(b_np)
+    return a_np, b_np
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """Similarity of explanations after each cascading randomisation step to the original ones.
+
+    Attributes
+    ----------
+    steps:
+        ``["original", layer_1, layer_2, ...]``: step ``j`` has layers ``1..j`` randomised.
+    spearman, ssim:
+        ``(len(steps), N)`` similarity of each image's map to its original map (row 0 is 1).
+    maps:
+        ``(len(steps), N, H, W)`` the maps themselves.
+    """
+
+    steps: list[str]
+    spearman: Tensor
+    ssim: Tensor
+    maps: Tensor
+
+
+def cascading_randomization(
+    model: nn.Module,
+    layers: Sequence[str],
+    explain: Callable[[nn.Module, Tensor, Tensor], Tensor],
+    x: Tensor,
+    target: Tensor | int | Sequence[int],
+    seed: int = 0,
+    absolute: bool = False,
+    progress: bool = False,
+) -> SanityResult:
+    r"""Cascading model-parameter randomisation test (Adebayo et al., "Sanity checks for
+    saliency maps", NeurIPS 2018, Sec. 3.1).
+
+    Randomise ``layers`` one after the other, from the logits down (pass them top first), and
+    after each step explain the *same* ``target`` classes again. A method whose maps stay similar
+    (high Spearman rank correlation and SSIM to the original maps) while the network's learned
+    weights are gone is not explaining the network -- it fails the check.
+
+    Parameters
+    ----------
+    model:
+        The trained network; it is never modified (one deep copy is randomised step by step).
+    layers:
+        Submodule names, top (logits) first, e.g. ``["classifier", "bn2", "conv_head",
+        "blocks.6", ...]``.
+    explain:
+        ``explain(model, x, target) -> (N, H, W)`` maps, e.g.
+        ``lambda m, x, t: grad_cam(m, x, t, layer="bn2").upsampled``.
+    """
+    target = _as_target(target, x.shape[0], x.device)
+    original = explain(model, x, target).detach()
+    work = copy.deepcopy(model)
+    all_maps, names = [original], ["original"]
+    steps = list(layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="randomising", leave=False)
+    for name in steps:
+        randomize_layers(work, [name], seed=seed, inplace=True)
+        all_maps.append(explain(work, x, target).detach())
+        names.append(name)
+    maps = torch.stack([m.to(original) for m in all_maps])
+    rho = torch.stack([spearman_rank(original, m, absolute) for m in maps])
+    sim = torch.stack([ssim(original, m, absolute) for m in maps])
+    return SanityResult(steps=names, spearman=rho, ssim=sim, maps=maps)
+
+
+# --------------------------------------------------------------------------------------------
+# cost
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call cost: wall time, passes through the model, and memory.
+
+    Attributes
+    ----------
+    seconds:
+        Wall time of the call.
+    forward_passes, forward_images:
+        Calls of the model's ``forward`` and the images they carried (a batch of 32 is one pass
+        of 32 images).
+    backward_passes:
+        Backward passes through the model's output.
+    peak_memory_mib:
+        Peak extra memory during the call: CUDA's peak allocation on a GPU; on the CPU the
+        peak of the process's resident set size (sampled every millisecond) above its size at
+        the start (``nan`` when psutil is missing).
+    """
+
+    seconds: float
+    forward_passes: int
+    forward_images: int
+    backward_passes: int
+    peak_memory_mib: float
+
+
+def measure_cost(
+    fn: Callable[[], _R], model: nn.Module, device: torch.device | str | None = None
+) -> tuple[_R, Cost]:
+    """Call ``fn()`` once and measure it; hooks on ``model`` count its passes.
+
+    Returns ``(fn's result, Cost)``; the hooks are removed even when ``fn`` raises.
+    """
+    counts = {"fwd": 0, "images": 0, "bwd": 0}
+
+    def on_forward(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        counts["fwd"] += 1
+        if inputs and isinstance(inputs[0], Tensor):
+            counts["images"] += inputs[0].shape[0]
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(lambda g: counts.__setitem__("bwd", counts["bwd"] + 1))
+
+    device = torch.device(device) if device is not None else _module_device(model)
+    handle = model.register_forward_hook(on_forward)
+    sampler = _PeakSampler(device)
+    try:
+        sampler.start()
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    finally:
+        peak = sampler.stop()
+        handle.remove()
+    return result, Cost(seconds, counts["fwd"], counts["images"], counts["bwd"], peak)
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class _PeakSampler:
+    """Peak memory above the starting level: CUDA statistics, or a thread polling the RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.peak = 0
+        self.base = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            import psutil
+        except ImportError:
+            return
+        self._proc = psutil.Process()
+        self.base = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def stop(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        if self._thread is None:
+            return float("nan")
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        return (self.peak - self.base) / 2**20
