@@ -1,0 +1,172 @@
+"""Capture the activations and gradients of one layer, leaving the model exactly as it was found.
+
+The whole CAM family needs two things from a forward/backward pass: the feature maps
+:math:`A^k` that a chosen layer outputs, and (for the gradient methods) the gradients
+:math:`\\partial y^c / \\partial A^k`. :func:`capture` gets both with a forward hook on the layer
+plus a *tensor* hook on its output. A tensor hook receives the gradient with respect to the
+output as it was when the layer produced it, even when a later in-place operation (the
+``out += identity; relu_(out)`` of torchvision's ResNet blocks) modifies that tensor; a module
+backward hook or ``torch.autograd.grad(score, output)`` would not.
+
+Example
+-------
+>>> with capture(model, "layer4") as cap:           # doctest: +SKIP
+...     logits = model(x.requires_grad_())
+...     torch.autograd.grad(logits[:, 281].sum(), x)
+>>> cap.activations.shape, cap.gradients.shape     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["Capture", "LayerError", "capture", "count_hooks", "resolve_layer", "restore_state"]
+
+
+class LayerError(ValueError):
+    """A target layer was asked for that the model does not have (or that is not a module)."""
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """Find a layer by its dotted name (``"bn2"``, ``"layer4"``, ``"layer4.2.conv3"``) or module.
+
+    Returns ``(name, module)``. An unknown name raises :class:`LayerError` listing the closest
+    names and the model's top-level children, so the fix is one copy-paste away.
+    """
+    named = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in named.items():
+            if module is layer:
+                return name, module
+        raise LayerError(
+            f"the layer {type(layer).__name__} is not a submodule of this model; pass a module "
+            "of the same model instance or its name from model.named_modules()"
+        )
+    if not isinstance(layer, str):
+        raise LayerError(f"layer must be a name or an nn.Module, not {type(layer).__name__}")
+    if layer in named:
+        return layer, named[layer]
+    names = [n for n in named if n]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
+    top = [n for n, _ in model.named_children()]
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise LayerError(
+        f"unknown layer {layer!r}; {hint}top-level layers: {', '.join(top[-8:])} "
+        "(all names: [n for n, _ in model.named_modules()])"
+    )
+
+
+@dataclass
+class Capture:
+    """What :func:`capture` recorded during the last forward (and backward) pass of the layer.
+
+    Attributes
+    ----------
+    name, module:
+        The captured layer.
+    output:
+        The layer's output tensor itself (part of the autograd graph), from its last call.
+    activations:
+        A detached copy of ``output`` taken at forward time, (N, K, h, w): immune to later
+        in-place operations.
+    gradients:
+        :math:`\\partial (\\text{what was differentiated}) / \\partial\\, \\text{output}`, same
+        shape, filled in by the tensor hook during the backward pass; ``None`` before.
+    """
+
+    name: str
+    module: nn.Module
+    output: torch.Tensor | None = None
+    activations: torch.Tensor | None = None
+    gradients: torch.Tensor | None = None
+    _tensor_handle: RemovableHandle | None = field(default=None, repr=False)
+
+
+@contextmanager
+def restore_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Run a block with the model in eval mode; restore every submodule's ``training`` flag after.
+
+    Parameters' ``requires_grad`` are recorded and restored as well, so code inside may freeze
+    them freely. Restoration happens also when the block raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
+
+
+@contextmanager
+def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
+    """Record the output of ``layer`` (and its gradient, when a backward pass runs) in a block.
+
+    A forward hook stores the output; under grad mode it also registers a tensor hook on that
+    output, which stores the gradient during backward. When the layer runs several times in one
+    forward pass, the last call wins (only its output keeps a tensor hook). Every hook is removed
+    on exit, also when the block raises; the model's mode and ``requires_grad`` flags are not
+    touched.
+
+    Parameters
+    ----------
+    model:
+        Any ``nn.Module``.
+    layer:
+        Dotted name as in ``model.named_modules()`` or the module itself.
+
+    Yields
+    ------
+    Capture
+        Filled in as the model runs.
+    """
+    name, module = resolve_layer(model, layer)
+    cap = Capture(name=name, module=module)
+
+    def store_gradient(grad: torch.Tensor) -> None:
+        cap.gradients = grad.detach()
+
+    def forward_hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(
+                f"layer {name!r} returns {type(output).__name__}, not a tensor; "
+                "choose a layer that outputs feature maps"
+            )
+        if cap._tensor_handle is not None:
+            cap._tensor_handle.remove()
+            cap._tensor_handle = None
+        cap.output = output
+        cap.activations = output.detach().clone()
+        cap.gradients = None
+        if output.requires_grad:
+            cap._tensor_handle = output.register_hook(store_gradient)
+
+    handle = module.register_forward_hook(forward_hook)
+    try:
+        yield cap
+    finally:
+        handle.remove()
+        if cap._tensor_handle is not None:
+            cap._tensor_handle.remove()
+            cap._tensor_handle = None
+        cap.output = None  # drop the graph
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of forward, pre-forward and backward hooks registered on all submodules."""
+    total = 0
+    for m in model.modules():
+        total += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+    return total
