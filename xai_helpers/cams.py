@@ -332,7 +332,7 @@ def cam(
     layer: str | nn.Module | None = None,
 ) -> CamResult:
     r"""Class Activation Mapping (Zhou et al., "Learning Deep Features for Discriminative
-    Localization", CVPR 2016, eqs. 1-2 of Sec. 2).
+    Localization", CVPR 2016, Sec. 2).
 
     For a network ending in global average pooling and one Linear layer,
     :math:`y^c = \sum_k W_{ck} \frac{1}{Z}\sum_{i,j} A^k_{ij} + b_c`, so
@@ -395,7 +395,7 @@ def score_cam(
     progress: bool = True,
 ) -> CamResult:
     r"""Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
-    Neural Networks", CVPR Workshops 2020, eqs. 3-5 and Alg. 1).
+    Neural Networks", CVPR Workshops 2020, Sec. 3 and Alg. 1).
 
     Each feature map is upsampled to the input size and min-max normalised,
     :math:`H^k = s(\mathrm{Up}(A^k))` in [0, 1], and used as a mask on the input:
