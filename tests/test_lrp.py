@@ -1,0 +1,462 @@
+"""Tests of xai_helpers.lrp: every rule against a slow matrix-form reference, conservation, the
+model adapters against zennit (an independent LRP implementation), and the model left as found.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from xai_helpers.lrp import (
+    COMPOSITES,
+    Epsilon,
+    Gamma,
+    LrpError,
+    ZBox,
+    build_network,
+    lrp,
+    pixel_bounds,
+    vgg_to_fully_convolutional,
+)
+from xai_helpers.models import load_model
+
+zennit = pytest.importorskip("zennit")
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import MergeBatchNorm  # noqa: E402
+from zennit.composites import NameMapComposite  # noqa: E402
+from zennit.core import Hook  # noqa: E402
+from zennit.layer import Sum  # noqa: E402
+from zennit.rules import Epsilon as ZEpsilon  # noqa: E402
+from zennit.rules import Gamma as ZGamma  # noqa: E402
+from zennit.rules import Norm as ZNorm  # noqa: E402
+from zennit.rules import Pass as ZPass  # noqa: E402
+from zennit.rules import ZBox as ZZBox  # noqa: E402
+from zennit.torchvision import ResNetCanonizer  # noqa: E402
+
+TINY = 1e-12  # zennit's stand-in for "no epsilon" (it always adds a stabiliser)
+
+# --------------------------------------------------------------------------------------------
+# slow matrix-form references: contributions z_jk = a_j w_jk written out explicitly
+# --------------------------------------------------------------------------------------------
+
+
+def _share(contrib: torch.Tensor, denom: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """R_j = sum_k contrib[n, k, j] / denom[n, k] * r[n, k], with 0 where denom == 0."""
+    out = torch.zeros(contrib.shape[0], contrib.shape[2], dtype=contrib.dtype)
+    for n in range(contrib.shape[0]):
+        for k in range(contrib.shape[1]):
+            if denom[n, k] != 0:
+                out[n] += contrib[n, k] / denom[n, k] * r[n, k]
+    return out
+
+
+def reference(rule, w, b, a, r):
+    """The rule for y = W a + b, from its textbook formula. w (K, J), b (K,), a/r (N, J)/(N, K)."""
+    z_jk = a[:, None, :] * w[None]  # (N, K, J)
+    z = z_jk.sum(-1) + b
+    if isinstance(rule, Epsilon):
+        sign = torch.where(z >= 0, 1.0, -1.0).to(z)
+        return _share(z_jk, z + rule.epsilon * sign if rule.epsilon else z, r)
+    if isinstance(rule, Gamma):
+        g = rule.gamma
+        up = z_jk + g * z_jk.clamp(min=0)
+        down = z_jk + g * z_jk.clamp(max=0)
+        den_up = up.sum(-1) + b + g * b.clamp(min=0)
+        den_down = down.sum(-1) + b + g * b.clamp(max=0)
+        out = _share(up, den_up, r * (z > 0)) + _share(down, den_down, r * (z < 0))
+        return out
+    if isinstance(rule, ZBox):
+        lo, hi = rule.low.expand_as(a), rule.high.expand_as(a)
+        zb = z_jk - lo[:, None, :] * w.clamp(min=0) - hi[:, None, :] * w.clamp(max=0)
+        return _share(zb, zb.sum(-1), r)
+    raise AssertionError(rule)
+
+
+def _rules(j: int):
+    g = torch.Generator().manual_seed(1)
+    low = -torch.rand(1, j, generator=g, dtype=torch.float64) - 1
+    high = torch.rand(1, j, generator=g, dtype=torch.float64) + 1
+    return [Epsilon(0.0), Epsilon(0.3), Gamma(0.25), Gamma(1.0), ZBox(low, high)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_rules_match_matrix_reference_on_dense_layer(index):
+    torch.manual_seed(0)
+    n, j, k = 3, 7, 5
+    rule = _rules(j)[index]
+    w, b = torch.randn(k, j, dtype=torch.float64), torch.randn(k, dtype=torch.float64)
+    a = torch.randn(n, j, dtype=torch.float64)  # mixed signs exercise the generalised gamma
+    if isinstance(rule, ZBox):
+        a = torch.rand(n, j, dtype=torch.float64) * 2 - 1  # inside the box
+    r = torch.randn(n, k, dtype=torch.float64)
+    ours = rule(lambda x, w_, b_: F.linear(x, w_, b_), w, b, a, r)
+    torch.testing.assert_close(ours, reference(rule, w, b, a, r), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("groups, stride, padding", [(1, 1, 1), (1, 2, 0), (2, 2, 1)])
+def test_rules_match_matrix_reference_on_conv_layer(index, groups, stride, padding):
+    """A convolution is a dense layer with a structured matrix: build it column by column."""
+    torch.manual_seed(0)
+    c_in, c_out, size = 2, 4, 5
+    conv = nn.Conv2d(c_in, c_out, 3, stride, padding, groups=groups).double()
+    fn = lambda x, w_, b_: F.conv2d(x, w_, b_, stride, padding, 1, groups)  # noqa: E731
+    j = c_in * size * size
+    basis = torch.eye(j, dtype=torch.float64).view(j, c_in, size, size)
+    with torch.no_grad():
+        matrix = fn(basis, conv.weight, None).flatten(1).T  # (K, J)
+        bias = fn(torch.zeros(1, c_in, size, size, dtype=torch.float64), conv.weight, conv.bias)
+    bias = bias.flatten()
+    rule = _rules(j)[index]
+    if isinstance(rule, ZBox):
+        rule = ZBox(rule.low.view(1, c_in, size, size), rule.high.view(1, c_in, size, size))
+    a = torch.rand(2, c_in, size, size, dtype=torch.float64) * 2 - 1
+    r = torch.randn(2, matrix.shape[0], dtype=torch.float64)
+    out_shape = fn(a, conv.weight, conv.bias).shape
+    ours = rule(fn, conv.weight.detach(), conv.bias.detach(), a, r.view(out_shape))
+    ref_rule = (
+        rule if not isinstance(rule, ZBox) else ZBox(rule.low.flatten(1), rule.high.flatten(1))
+    )
+    expected = reference(ref_rule, matrix, bias, a.flatten(1), r)
+    torch.testing.assert_close(ours.flatten(1), expected, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# conservation
+# --------------------------------------------------------------------------------------------
+
+
+def test_lrp0_conserves_relevance_exactly_without_biases():
+    """Bias-free ReLU ResNet (BN at init folds to zero bias): every layer holds the logit."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+    nn.init.zeros_(model.fc.bias)
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    res = lrp(model, x, composite="lrp0", return_layers=True)
+    logit = res.logits[torch.arange(2), res.target]
+    assert len(res.layer_sums) > 10
+    for name, total in res.layer_sums.items():
+        torch.testing.assert_close(total, logit, rtol=1e-9, atol=0, msg=name)
+    torch.testing.assert_close(res.relevance.sum((1, 2)), logit, rtol=1e-9, atol=0)
+
+
+def test_biases_and_epsilon_absorb_relevance():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(4, 6, 1, 1, dtype=torch.float64)
+    flat = nn.Sequential(nn.Flatten(), *net).eval()
+    exact = lrp(flat, x, composite="lrp0")
+    logit = exact.logits.gather(1, exact.target[:, None])[:, 0]
+    # with biases the total is not the logit; ε only ever shrinks the magnitudes
+    assert (exact.relevance.sum((1, 2)) - logit).abs().max() > 1e-3
+    eps = lrp(flat, x, composite="epsilon")
+    assert eps.relevance.abs().sum() < exact.relevance.abs().sum()
+
+
+# --------------------------------------------------------------------------------------------
+# zennit as the independent reference
+# --------------------------------------------------------------------------------------------
+
+
+class AvgPoolRelevance(Hook):
+    """Max-pooling treated as average pooling in the relevance pass (not a zennit built-in)."""
+
+    def forward(self, module, input, output):
+        self.stored_tensors["input"] = input
+
+    def backward(self, module, grad_input, grad_output):
+        a = self.stored_tensors["input"][0].detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = F.avg_pool2d(a, module.kernel_size, module.stride, module.padding)
+            s = torch.where(z == 0, 0.0, grad_output[0] / torch.where(z == 0, 1.0, z))
+            (c,) = torch.autograd.grad(z, a, s)
+        return (a * c,)
+
+    def copy(self):
+        return AvgPoolRelevance()
+
+
+def zennit_rule(rule, low=None, high=None):
+    if isinstance(rule, Epsilon):
+        return ZEpsilon(epsilon=rule.epsilon or TINY)
+    if isinstance(rule, Gamma):
+        return ZGamma(gamma=rule.gamma, stabilizer=rule.epsilon or TINY)
+    if isinstance(rule, ZBox):
+        return ZZBox(low=low, high=high, stabilizer=TINY)
+    raise AssertionError(rule)
+
+
+def zennit_lrp(model, x, target, name_rules, extra, canonizers=(), low=None, high=None):
+    name_map = [((name,), zennit_rule(rule, low, high)) for name, rule in name_rules.items()]
+    name_map += [((name,), hook) for name, hook in extra.items()]
+    composite = NameMapComposite(name_map=name_map, canonizers=list(canonizers))
+    with torch.no_grad():
+        logits = model(x)
+    r_out = torch.zeros_like(logits)
+    r_out[torch.arange(len(x)), target] = logits[torch.arange(len(x)), target]
+    with Gradient(model=model, composite=composite) as attributor:
+        _, relevance = attributor(x.clone().requires_grad_(True), r_out)
+    return relevance
+
+
+def _max_rel_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+def _non_degenerate(model: nn.Module, x: torch.Tensor) -> None:
+    """Rescale the last layer so random logits are O(1): relevance then has a sensible size."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        scale = model(x).std()
+        last.weight /= scale
+        last.bias.uniform_(-0.5, 0.5)
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    torch.manual_seed(0)
+    return load_model("vgg16", weights=None, device="cpu")
+
+
+def test_vgg16_dense_to_conv_preserves_logits(vgg16):
+    conv = vgg_to_fully_convolutional(vgg16.model)
+    assert not any(isinstance(m, nn.Linear) for m in conv.modules())
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = vgg16.model(x)
+        got = conv(x)
+    assert got.shape == (1, 1000)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_vgg16_lrp_matches_zennit(vgg16):
+    """32-pixel input (the conv part is size-agnostic; avgpool stretches 1x1 to 7x7).
+
+    float32 through 16 layers: agreement to 1e-4 of the largest relevance (float32 round-off,
+    amplified by the divisions).
+    """
+    torch.manual_seed(1)
+    model = vgg16.model  # random weights owned by this test module
+    x = torch.randn(1, 3, 32, 32)
+    _non_degenerate(model, x)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "classifier" not in k}
+    res = lrp(dataclasses.replace(vgg16, model=model), x)
+    net = build_network(model)
+    rules = net.rules("epsilon-gamma-box")
+    assert [type(rules[n]).__name__ for n in net.features[:2]] == ["ZBox", "Gamma"]
+    assert [rules[n] for n in net.head] == [Epsilon(0.0)] * 3
+    assert sum(isinstance(r, Gamma) for r in rules.values()) == 6  # conv1_2..conv3_3
+    low, high = pixel_bounds(vgg16.mean, vgg16.std)
+    pools = {n: AvgPoolRelevance() for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)}
+    pools["avgpool"] = ZNorm(stabilizer=TINY)
+    theirs = zennit_lrp(model, x, res.target, rules, pools, low=low.float(), high=high.float())
+    diff = _max_rel_diff(res.input_relevance, theirs)
+    print(f"VGG16 max |ours - zennit| / max |zennit| = {diff:.2e}")
+    assert diff < 1e-4, diff
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model(device="cpu")
+
+
+def test_lite0_batchnorm_folding_preserves_outputs(lite0):
+    x = lite0.preprocess("data/chelsea.png")
+    net = build_network(lite0.model)
+    with torch.no_grad():
+        expected = lite0.model(x)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    double, xd = copy.deepcopy(lite0.model).double(), x.double()[:, :, 80:144, 80:144]
+    torch.testing.assert_close(build_network(double)(xd), double(xd), rtol=0, atol=1e-10)
+
+
+_LITE_PAIRS = {
+    "DepthwiseSeparableConv": [("conv_dw", "bn1"), ("conv_pw", "bn2")],
+    "InvertedResidual": [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")],
+}
+
+
+def _residual_forward(self, x):
+    """timm's InvertedResidual.forward with the addition as a zennit Sum module."""
+    y = self.bn3(self.conv_pwl(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))))
+    return self.zennit_sum(torch.stack([y, x], dim=-1))
+
+
+def _zennit_ready_lite(model: nn.Module) -> tuple[nn.Module, dict[str, Hook]]:
+    """A copy of timm's Lite0 that zennit can explain: BN merged by zennit, sums as modules."""
+    model = copy.deepcopy(model)
+    pairs = [(model.conv_stem, model.bn1), (model.conv_head, model.bn2)]
+    extra: dict[str, Hook] = {"global_pool.pool": ZNorm(stabilizer=TINY)}
+    for name, block in model.blocks.named_modules():
+        kind = type(block).__name__
+        if kind not in _LITE_PAIRS:
+            continue
+        pairs += [(getattr(block, c), getattr(block, b)) for c, b in _LITE_PAIRS[kind]]
+        if block.has_skip:
+            block.zennit_sum = Sum()
+            block.forward = types.MethodType(_residual_forward, block)
+            extra[f"blocks.{name}.zennit_sum"] = ZNorm(stabilizer=TINY)
+    for conv, bn in pairs:
+        with torch.no_grad():
+            bn.running_var += bn.eps  # zennit keeps eps in the identity BN; move it out first
+        bn.eps = 0.0
+        MergeBatchNorm.merge_batch_norm([conv], bn)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ReLU6):
+            module.inplace = False
+            extra[name] = ZPass()  # the gradient of ReLU6 is 0 above 6; LRP passes through
+    return model, extra
+
+
+def test_lite0_lrp_matches_zennit(lite0):
+    """Real weights, the cat photo's central 112 px (float32: float64 depthwise convolutions are
+    six times slower on CPU). Tolerance 1e-5 of the largest relevance: float32 round-off through
+    49 layers of divisions; any difference of rule would show at order 1."""
+    x = lite0.preprocess("data/chelsea.png")[:, :, 56:168, 56:168]
+    model = copy.deepcopy(lite0.model)
+    loaded = dataclasses.replace(lite0, model=model)
+    res = lrp(loaded, x, return_layers=True)
+    rules = build_network(model).rules()
+    zmodel, extra = _zennit_ready_lite(model)
+    with torch.no_grad():
+        torch.testing.assert_close(zmodel(x), model(x), rtol=0, atol=1e-4)
+    low, high = pixel_bounds(lite0.mean, lite0.std)
+    low, high = low.float(), high.float()
+    theirs = zennit_lrp(zmodel, x, res.target, rules, extra, low=low, high=high)
+    diff = _max_rel_diff(res.input_relevance, theirs)
+    print(f"Lite0 max |ours - zennit| / max |zennit| = {diff:.2e}")
+    assert diff < 1e-5, diff
+    assert list(res.layer_sums)[:3] == ["output", "classifier", "global_pool"]
+
+
+def _resnet50_with_random_bn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = load_model("resnet50", weights=None, device="cpu").model
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, so folding is tested
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.0)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.double().eval()
+
+
+def test_resnet50_folding_and_lrp_match_zennit():
+    model = _resnet50_with_random_bn(0)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    _non_degenerate(model, x)
+    net = build_network(model)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    low, high = pixel_bounds((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    res = lrp(model, x, bounds=(low, high))
+    zmodel = copy.deepcopy(model)
+    for m in zmodel.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_var += m.eps
+            m.eps = 0.0
+    extra = {"maxpool": AvgPoolRelevance(), "avgpool": ZNorm(stabilizer=TINY)}
+    for name, m in zmodel.named_modules():
+        if type(m).__name__ == "Bottleneck":
+            extra[f"{name}.canonizer_sum"] = ZNorm(stabilizer=TINY)
+    theirs = zennit_lrp(
+        zmodel, x, res.target, net.rules(), extra, [ResNetCanonizer()], low=low, high=high
+    )
+    diff = _max_rel_diff(res.input_relevance, theirs)
+    print(f"ResNet50 max |ours - zennit| / max |zennit| = {diff:.2e}")
+    assert diff < 1e-9, diff
+
+
+# --------------------------------------------------------------------------------------------
+# the model is left as found; inputs and errors
+# --------------------------------------------------------------------------------------------
+
+
+def _state(model: nn.Module):
+    return (
+        model.training,
+        {k: (v.clone(), v.requires_grad) for k, v in model.named_parameters()},
+        {k: v.clone() for k, v in model.named_buffers()},
+        [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    )
+
+
+def test_model_parameters_and_hooks_unchanged(lite0):
+    before = _state(lite0.model)
+    x = lite0.preprocess(["data/chelsea.png", "data/coffee.png"])[:, :, 32:192, 32:192]
+    res = lrp(lite0, x, target=["tiger cat", 967], return_layers=True)
+    assert res.relevance.shape == (2, 160, 160) and res.input_relevance.shape == (2, 3, 160, 160)
+    assert res.target.tolist() == [282, 967]
+    after = _state(lite0.model)
+    assert before[0] == after[0] and before[3] == after[3]
+    for k, (value, grad) in before[1].items():
+        assert torch.equal(value, after[1][k][0]) and grad == after[1][k][1], k
+        assert lite0.model.get_parameter(k).grad is None
+    for k, value in before[2].items():
+        assert torch.equal(value, after[2][k]), k
+
+
+def test_batch_equals_single_images():
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 5),
+        )
+        .double()
+        .eval()
+    )
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    bounds = (-3.0, 3.0)
+    batch = lrp(model, x, target=[0, 1, 2], bounds=bounds).input_relevance
+    for i in range(3):
+        single = lrp(model, x[i : i + 1], target=i, bounds=bounds).input_relevance
+        torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": 10}, "not a class index"),
+        ({"target": "cat"}, "class names need a LoadedModel"),
+        ({"composite": "nope"}, "unknown composite"),
+        ({"bounds": None}, "needs input bounds"),
+    ],
+)
+def test_clear_errors(kwargs, match):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.zeros(1, 3, 5, 5))
+    model.eval()
+    kwargs = {"bounds": (-1.0, 1.0), **kwargs}
+    with pytest.raises(LrpError, match=match):
+        lrp(model, torch.zeros(1, 3, 5, 5), **kwargs)
+
+
+def test_unsupported_layers_and_inputs_fail_loudly():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Sigmoid(), nn.Flatten()).eval()
+    with pytest.raises(LrpError, match="Sigmoid"):
+        lrp(model, torch.zeros(1, 3, 5, 5), bounds=(0.0, 1.0))
+    with pytest.raises(LrpError, match="x\\[None\\]"):
+        lrp(model, torch.zeros(3, 5, 5))
+    assert set(COMPOSITES) >= {"epsilon-gamma-box", "epsilon", "lrp0"}
