@@ -139,7 +139,7 @@ class Epsilon:
         z = forward(a, weight, bias)  # 1. forward
         s = safe_divide(r, stabilize(z, self.epsilon))  # 2. divide
         (c,) = _input_gradient(z, s, [a])  # 3. gradient
-        return a * c  # 4. multiply
+        return (a * c).detach()  # 4. multiply
 
 
 @dataclass(frozen=True)
@@ -173,20 +173,21 @@ class Gamma:
         self, forward: AffineForward, weight: Tensor, bias: Tensor, a: Tensor, r: Tensor
     ) -> Tensor:
         a = a.detach().requires_grad_(True)
-        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
-        w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-        zero = torch.zeros_like(bias)
-        z = forward(a, weight, bias)
-        # positive contributions: a+ w+ and a- w-; negative ones: a+ w- and a- w+
-        pos = forward(a_pos, w_pos, bias.clamp(min=0)) + forward(a_neg, w_neg, zero)
-        neg = forward(a_pos, w_neg, bias.clamp(max=0)) + forward(a_neg, w_pos, zero)
-        z_up, z_down = z + self.gamma * pos, z + self.gamma * neg
+        z0 = forward(a, weight, torch.zeros_like(bias))  # sum_j a_j w_jk
+        b = bias.view((1, -1) + (1,) * (z0.dim() - 2))
+        # the positive contributions, a+ w+ and a- w-; the rest of z0 is the negative ones
+        pos = forward(a.clamp(min=0), weight.clamp(min=0), torch.zeros_like(bias))
+        if bool((a < 0).any()):  # skipped after a ReLU: saves a pass in most layers
+            pos = pos + forward(a.clamp(max=0), weight.clamp(max=0), torch.zeros_like(bias))
+        z = z0 + b
+        z_up = z + self.gamma * (pos + b.clamp(min=0))
+        z_down = z + self.gamma * (z0 - pos + b.clamp(max=0))
         s_up = torch.where(z > 0, safe_divide(r, stabilize(z_up, self.epsilon)), 0.0)
         s_down = torch.where(z < 0, safe_divide(r, stabilize(z_down, self.epsilon)), 0.0)
         (c,) = torch.autograd.grad(
             (z_up * s_up.detach()).sum() + (z_down * s_down.detach()).sum(), [a]
         )
-        return a * c
+        return (a * c).detach()
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,7 +231,8 @@ class ZBox:
         )
         s = safe_divide(r, z)
         c, c_low, c_high = _input_gradient(z, s, [a, low, high])
-        return a * c + low * c_low + high * c_high  # signs: low, high enter z with a minus
+        # low and high enter z with a minus sign, which their gradients already carry
+        return (a * c + low * c_low + high * c_high).detach()
 
 
 def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -376,7 +378,7 @@ class _Pool(_Step):
         a = self._input.detach().requires_grad_(True)
         z = self._relevance_fn(a)
         (c,) = _input_gradient(z, safe_divide(r, z), [a])
-        out = a * c
+        out = (a * c).detach()
         _record(sums, self.name, out)
         return out
 
