@@ -301,14 +301,13 @@ class _Step:
     def forward(self, x: Tensor) -> Tensor:  # stores what relevance() needs
         raise NotImplementedError
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         raise NotImplementedError
 
     def affine_names(self) -> list[str]:
         return []
-
-
-_Sums = OrderedDict  # OrderedDict[str, Tensor]: per-layer relevance totals
 
 
 class _Affine(_Step):
@@ -327,7 +326,9 @@ class _Affine(_Step):
         self._input = x
         return self.affine_forward(x, self.weight, self.bias)
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         assert self._input is not None
         rule = rules[self.name]
         out = rule(self.affine_forward, self.weight, self.bias, self._input, r)
@@ -347,7 +348,9 @@ class _Activation(_Step):
     def forward(self, x: Tensor) -> Tensor:
         return self._fn(x)
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         return r
 
 
@@ -373,7 +376,9 @@ class _Pool(_Step):
         self._input = x
         return self._fn(x)
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         assert self._input is not None
         a = self._input.detach().requires_grad_(True)
         z = self._relevance_fn(a)
@@ -392,7 +397,9 @@ class _Flatten(_Step):
         self._shape = x.shape
         return x.flatten(1)
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         assert self._shape is not None
         return r.reshape(self._shape)
 
@@ -415,7 +422,9 @@ class _Residual(_Step):
         self._z = (zb, zs)
         return zb + zs
 
-    def relevance(self, r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+    def relevance(
+        self, r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+    ) -> Tensor:
         assert self._z is not None
         zb, zs = self._z
         s = safe_divide(r, zb + zs)
@@ -433,15 +442,17 @@ def _run(steps: Sequence[_Step], x: Tensor) -> Tensor:
     return x
 
 
-def _back(steps: Sequence[_Step], r: Tensor, rules: dict[str, Rule], sums: _Sums | None) -> Tensor:
+def _back(
+    steps: Sequence[_Step], r: Tensor, rules: dict[str, Rule], sums: OrderedDict[str, Tensor] | None
+) -> Tensor:
     for step in reversed(steps):
         r = step.relevance(r, rules, sums)
     return r
 
 
-def _record(sums: _Sums | None, name: str, r: Tensor) -> None:
+def _record(sums: OrderedDict[str, Tensor] | None, name: str, r: Tensor) -> None:
     if sums is not None:
-        sums[name] = r.detach().flatten(1).sum(1)  # type: ignore[index]
+        sums[name] = r.detach().flatten(1).sum(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +676,7 @@ class LrpNetwork:
         if sums is not None:
             sums["output"] = r_out.detach().flatten(1).sum(1)
         with torch.enable_grad():
-            r = _back(self.steps, r_out, rules, sums)  # type: ignore[arg-type]
+            r = _back(self.steps, r_out, rules, sums)
         return r.detach(), sums
 
 
