@@ -392,3 +392,26 @@ def test_hooks_removed_after_exception_and_many_calls(tiny, xs) -> None:
     for _ in range(100):
         grad_cam(tiny, xs[:1], layer="features.2")
     assert count_hooks(tiny) == 0
+
+
+def test_score_cam_identical_images_share_passes(tiny, xs) -> None:
+    calls = []
+    handle = tiny.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        both = score_cam(
+            tiny,
+            xs[:1].expand(2, -1, -1, -1),
+            target=[1, 4],
+            layer="features.2",
+            batch_size=2,
+            progress=False,
+        )
+    finally:
+        handle.remove()
+    channels = 5
+    assert calls[0] == 2  # the unperturbed batch
+    assert sum(calls[1:]) == channels  # then one masked pass per channel, for both targets
+    for n, c in enumerate([1, 4]):
+        single = score_cam(tiny, xs[:1], target=c, layer="features.2", progress=False)
+        torch.testing.assert_close(both.weights[n], single.weights[0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(both.upsampled[n], single.upsampled[0], rtol=1e-12, atol=1e-15)

@@ -411,13 +411,18 @@ def score_cam(
     does), so a masked-out pixel is the dataset mean, not black.
 
     A constant channel gives an all-zero mask, hence the input ``0 * x``; all such channels
-    share one forward pass (exact: they see the same input). No gradients are computed; the
-    masked inputs go through the model in batches of ``batch_size``.
+    share one forward pass (exact: they see the same input). Identical images in the batch (the
+    same image explained for several classes) share all their passes, since one pass scores
+    every class. No gradients are computed; the masked inputs go through the model in batches
+    of ``batch_size``.
 
     Parameters
     ----------
     batch_size:
-        Masked images per forward pass; results do not depend on it.
+        Masked images per forward pass; results do not depend on it. The default 32 was the
+        fastest of 1, 4, 8, 16, 32 for Lite0 on a shared 2-core CPU (CPU time per image about
+        a fifth of batch size 1's); a ``channels_last`` model was faster still, but converting
+        it is left to the caller, since this function does not modify the model.
     variant:
         ``"probability"`` (default, the paper) or ``"softmax_logits"``.
     progress:
@@ -441,27 +446,32 @@ def score_cam(
         flat = activations.flatten(2)
         varying = flat.amax(dim=2) > flat.amin(dim=2)  # (N, K); the others share a zero mask
         weights = torch.empty(n, k, dtype=x.dtype, device=x.device)
-        total = int(varying.sum()) + int((~varying).any(dim=1).sum())
+        # Identical images in the batch (one image explained for several classes) share passes:
+        # one masked forward pass gives the scores of every class.
+        first = [next(j for j in range(i + 1) if torch.equal(x[j], x[i])) for i in range(n)]
+        unique = sorted(set(first))
+        total = sum(int(varying[i].sum()) + int(not bool(varying[i].all())) for i in unique)
         bar = tqdm(total=total, desc="Score-CAM", disable=not progress, leave=False)
+
+        def scores(batch: torch.Tensor) -> torch.Tensor:  # (B, C): every class at once
+            out = model(batch)
+            return torch.softmax(out, dim=1) if variant == "probability" else out
+
         try:
-            for i in range(n):
-                c = int(target_idx[i])
-
-                def score(batch: torch.Tensor, c: int = c) -> torch.Tensor:
-                    out = model(batch)
-                    if variant == "probability":
-                        return torch.softmax(out, dim=1)[:, c]
-                    return out[:, c]
-
+            for i in unique:
+                rows = torch.empty(k, logits.shape[1], dtype=x.dtype, device=x.device)
                 channels = varying[i].nonzero().flatten()
                 for start in range(0, len(channels), batch_size):
                     idx = channels[start : start + batch_size]
                     masks = _channel_masks(activations[i, idx], size)
-                    weights[i, idx] = score(x[i : i + 1] * masks[:, None]).to(x.dtype)
+                    rows[idx] = scores(x[i : i + 1] * masks[:, None]).to(x.dtype)
                     bar.update(len(idx))
                 if not bool(varying[i].all()):
-                    weights[i, ~varying[i]] = score(torch.zeros_like(x[i : i + 1]))[0]
+                    rows[~varying[i]] = scores(torch.zeros_like(x[i : i + 1]))[0].to(x.dtype)
                     bar.update(1)
+                for j in range(n):
+                    if first[j] == i:
+                        weights[j] = rows[:, int(target_idx[j])]
         finally:
             bar.close()
         if variant == "softmax_logits":
