@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 
 import pytest
 import torch
@@ -28,19 +27,14 @@ from xai_helpers.lrp import (
 from xai_helpers.models import load_model
 
 zennit = pytest.importorskip("zennit")
-from zennit.attribution import Gradient  # noqa: E402
-from zennit.canonizers import MergeBatchNorm  # noqa: E402
-from zennit.composites import NameMapComposite  # noqa: E402
-from zennit.core import Hook  # noqa: E402
-from zennit.layer import Sum  # noqa: E402
-from zennit.rules import Epsilon as ZEpsilon  # noqa: E402
-from zennit.rules import Gamma as ZGamma  # noqa: E402
 from zennit.rules import Norm as ZNorm  # noqa: E402
-from zennit.rules import Pass as ZPass  # noqa: E402
-from zennit.rules import ZBox as ZZBox  # noqa: E402
 from zennit.torchvision import ResNetCanonizer  # noqa: E402
-
-TINY = 1e-12  # zennit's stand-in for "no epsilon" (it always adds a stabiliser)
+from zennit_reference import (  # noqa: E402
+    TINY,
+    AvgPoolRelevance,
+    zennit_lrp,
+    zennit_ready_lite,
+)
 
 # --------------------------------------------------------------------------------------------
 # slow matrix-form references: contributions z_jk = a_j w_jk written out explicitly
@@ -165,47 +159,6 @@ def test_biases_and_epsilon_absorb_relevance():
 # --------------------------------------------------------------------------------------------
 
 
-class AvgPoolRelevance(Hook):
-    """Max-pooling treated as average pooling in the relevance pass (not a zennit built-in)."""
-
-    def forward(self, module, input, output):
-        self.stored_tensors["input"] = input
-
-    def backward(self, module, grad_input, grad_output):
-        a = self.stored_tensors["input"][0].detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = F.avg_pool2d(a, module.kernel_size, module.stride, module.padding)
-            s = torch.where(z == 0, 0.0, grad_output[0] / torch.where(z == 0, 1.0, z))
-            (c,) = torch.autograd.grad(z, a, s)
-        return (a * c,)
-
-    def copy(self):
-        return AvgPoolRelevance()
-
-
-def zennit_rule(rule, low=None, high=None):
-    if isinstance(rule, Epsilon):
-        return ZEpsilon(epsilon=rule.epsilon or TINY)
-    if isinstance(rule, Gamma):
-        return ZGamma(gamma=rule.gamma, stabilizer=rule.epsilon or TINY)
-    if isinstance(rule, ZBox):
-        return ZZBox(low=low, high=high, stabilizer=TINY)
-    raise AssertionError(rule)
-
-
-def zennit_lrp(model, x, target, name_rules, extra, canonizers=(), low=None, high=None):
-    name_map = [((name,), zennit_rule(rule, low, high)) for name, rule in name_rules.items()]
-    name_map += [((name,), hook) for name, hook in extra.items()]
-    composite = NameMapComposite(name_map=name_map, canonizers=list(canonizers))
-    with torch.no_grad():
-        logits = model(x)
-    r_out = torch.zeros_like(logits)
-    r_out[torch.arange(len(x)), target] = logits[torch.arange(len(x)), target]
-    with Gradient(model=model, composite=composite) as attributor:
-        _, relevance = attributor(x.clone().requires_grad_(True), r_out)
-    return relevance
-
-
 def _max_rel_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours - theirs).abs().max() / theirs.abs().max())
 
@@ -279,44 +232,6 @@ def test_lite0_batchnorm_folding_preserves_outputs(lite0):
     torch.testing.assert_close(build_network(double)(xd), double(xd), rtol=0, atol=1e-10)
 
 
-_LITE_PAIRS = {
-    "DepthwiseSeparableConv": [("conv_dw", "bn1"), ("conv_pw", "bn2")],
-    "InvertedResidual": [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")],
-}
-
-
-def _residual_forward(self, x):
-    """timm's InvertedResidual.forward with the addition as a zennit Sum module."""
-    y = self.bn3(self.conv_pwl(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))))
-    return self.zennit_sum(torch.stack([y, x], dim=-1))
-
-
-def _zennit_ready_lite(model: nn.Module) -> tuple[nn.Module, dict[str, Hook]]:
-    """A copy of timm's Lite0 that zennit can explain: BN merged by zennit, sums as modules."""
-    model = copy.deepcopy(model)
-    pairs = [(model.conv_stem, model.bn1), (model.conv_head, model.bn2)]
-    extra: dict[str, Hook] = {"global_pool.pool": ZNorm(stabilizer=TINY)}
-    for name, block in model.blocks.named_modules():
-        kind = type(block).__name__
-        if kind not in _LITE_PAIRS:
-            continue
-        pairs += [(getattr(block, c), getattr(block, b)) for c, b in _LITE_PAIRS[kind]]
-        if block.has_skip:
-            block.zennit_sum = Sum()
-            block.forward = types.MethodType(_residual_forward, block)
-            extra[f"blocks.{name}.zennit_sum"] = ZNorm(stabilizer=TINY)
-    for conv, bn in pairs:
-        with torch.no_grad():
-            bn.running_var += bn.eps  # zennit keeps eps in the identity BN; move it out first
-        bn.eps = 0.0
-        MergeBatchNorm.merge_batch_norm([conv], bn)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ReLU6):
-            module.inplace = False
-            extra[name] = ZPass()  # the gradient of ReLU6 is 0 above 6; LRP passes through
-    return model, extra
-
-
 def test_lite0_lrp_matches_zennit(lite0):
     """Real weights, the cat photo's central 112 px (float32: float64 depthwise convolutions are
     six times slower on CPU). Tolerance 1e-5 of the largest relevance: float32 round-off through
@@ -326,7 +241,7 @@ def test_lite0_lrp_matches_zennit(lite0):
     loaded = dataclasses.replace(lite0, model=model)
     res = lrp(loaded, x, return_layers=True)
     rules = build_network(model).rules()
-    zmodel, extra = _zennit_ready_lite(model)
+    zmodel, extra = zennit_ready_lite(model)
     with torch.no_grad():
         torch.testing.assert_close(zmodel(x), model(x), rtol=0, atol=1e-4)
     low, high = pixel_bounds(lite0.mean, lite0.std)
