@@ -7,8 +7,8 @@ real weights, 224 x 224, default CAM layer ``bn2``) with ``xai_helpers`` and wit
 implementation, and their ratio (reference time / ours: above 1 means we are faster). Both sides
 get the same model, the same input and the same class, and their maps are compared (last column:
 largest absolute difference; CAMs are in [0, 1], LRP is relative to the largest relevance), so a
-fast wrong answer cannot pass unnoticed. Absolute times depend on the machine; the ratios are what to
-compare across machines. Nothing here is a test: the numbers are printed, not asserted.
+fast wrong answer cannot pass unnoticed. Absolute times depend on the machine; the ratios are
+what to compare across machines. Nothing here is a test: the numbers are printed, not asserted.
 """
 
 from __future__ import annotations
