@@ -167,7 +167,7 @@ def _as_map(maps: torch.Tensor) -> np.ndarray:
     return maps.detach().cpu().double().numpy()[0]
 
 
-def plot_exploration(result: Exploration, cell_size: float = 2.4) -> Figure:
+def plot_exploration(result: Exploration, cell_size: float = 2.0) -> Figure:
     """Original and perturbed picture with their maps, the map aligned back, and the numbers."""
     signed = result.method == "lrp"
     fig, axes = plt.subplots(1, 5, figsize=(5 * cell_size, cell_size + 0.8), layout="constrained")
