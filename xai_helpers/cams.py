@@ -420,9 +420,9 @@ def score_cam(
     ----------
     batch_size:
         Masked images per forward pass; results do not depend on it. The default 32 was the
-        fastest of 1, 4, 8, 16, 32 for Lite0 on a shared 2-core CPU (CPU time per image about
-        a fifth of batch size 1's); a ``channels_last`` model was faster still, but converting
-        it is left to the caller, since this function does not modify the model.
+        fastest of 1, 4, 8, 16, 32 for Lite0 on a shared 2-core CPU (CPU time per image a
+        third to a fifth of batch size 1's). The masked batches are passed in ``channels_last``
+        memory format, which was faster again; the model itself is not converted.
     variant:
         ``"probability"`` (default, the paper) or ``"softmax_logits"``.
     progress:
@@ -454,7 +454,9 @@ def score_cam(
         bar = tqdm(total=total, desc="Score-CAM", disable=not progress, leave=False)
 
         def scores(batch: torch.Tensor) -> torch.Tensor:  # (B, C): every class at once
-            out = model(batch)
+            # A channels_last input alone cut CPU time per image by ~30 % for Lite0 (measured),
+            # without touching the model's own memory format.
+            out = model(batch.contiguous(memory_format=torch.channels_last))
             return torch.softmax(out, dim=1) if variant == "probability" else out
 
         try:
