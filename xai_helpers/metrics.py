@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -751,7 +752,7 @@ class Cost:
     peak_memory_mib:
         Peak extra memory during the call: CUDA's peak allocation on a GPU; on the CPU the
         peak of the process's resident set size (sampled every millisecond) above its size at
-        the start (``nan`` when psutil is missing).
+        the start.
     """
 
     seconds: float
@@ -813,10 +814,6 @@ class _PeakSampler:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
             return
-        try:
-            import psutil
-        except ImportError:
-            return
         self._proc = psutil.Process()
         self.base = self.peak = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -830,8 +827,6 @@ class _PeakSampler:
         if self.cuda:
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        if self._thread is None:
-            return float("nan")
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
