@@ -75,13 +75,21 @@ def main() -> None:
 
         return run
 
-    cases: list[tuple[str, Callable[[], object], Callable[[], object], int]] = [
-        ("Grad-CAM", lambda: grad_cam(lm, x, c).upsampled, reference(GradCAM), args.repeats),
+    # (name, ours, theirs, repeats, why the maps may differ)
+    cases: list[tuple[str, Callable[[], object], Callable[[], object], int, str]] = [
+        (
+            "Grad-CAM",
+            lambda: grad_cam(lm, x, c).upsampled,
+            reference(GradCAM),
+            args.repeats,
+            "same formula",
+        ),
         (
             "Grad-CAM++",
             lambda: grad_cam_pp(lm, x, c).upsampled,
             reference(GradCAMPlusPlus),
             args.repeats,
+            "its eps=1e-6 in the alpha denominator is the size of g^2 here (notebook 03)",
         ),
         (
             # pytorch-grad-cam's ScoreCAM is the softmax-over-channels variant of the logits
@@ -89,11 +97,12 @@ def main() -> None:
             lambda: score_cam(lm, x, c, variant="softmax_logits", progress=False).upsampled,
             reference(ScoreCAM, batch_size=32),
             args.score_cam_repeats,
+            "it upsamples the masks with align_corners=True (notebook 04)",
         ),
     ]
 
     rows = []
-    for name, ours, theirs, repeats in cases:
+    for name, ours, theirs, repeats, note in cases:
         t_ours, m_ours = median_time(ours, repeats)
         t_ref, m_ref = median_time(theirs, repeats)
         diff = float(np.abs(as_map(m_ours) - as_map(m_ref)).max())
@@ -105,18 +114,19 @@ def main() -> None:
                 "reference_s": t_ref,
                 "speedup": t_ref / t_ours,
                 "max_abs_diff": diff,
+                "note": note,
             }
         )
 
     rows.extend(lrp_rows(lm, x, args.repeats))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {lm.device}")
-    print("| method | reference | ours (s) | reference (s) | reference / ours | max diff |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| method | reference | ours (s) | reference (s) | reference / ours | max diff | note |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r['method']} | {r['reference']} | {r['ours_s']:.4f} | {r['reference_s']:.4f} "
-            f"| {r['speedup']:.2f} | {r['max_abs_diff']:.2e} |"
+            f"| {r['speedup']:.2f} | {r['max_abs_diff']:.2e} | {r['note']} |"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +165,7 @@ def lrp_rows(lm: LoadedModel, x: torch.Tensor, repeats: int) -> list[dict[str, o
             "reference_s": t_ref,
             "speedup": t_ref / t_ours,
             "max_abs_diff": float(np.abs(as_map(ours) - as_map(ref)).max()) / scale,
+            "note": "same rules, BatchNorm folded (tests/zennit_reference.py)",
         }
     ]
 
