@@ -58,14 +58,8 @@ def xs() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def lite():
-    torch.manual_seed(0)
-    return load_model(device="cpu")
-
-
-@pytest.fixture(scope="module")
-def cat_x(lite) -> torch.Tensor:
-    return lite.preprocess(["data/chelsea.png", "data/cat_and_coffee.png"])
+def cat_x(lite0) -> torch.Tensor:
+    return lite0.preprocess(["data/chelsea.png", "data/cat_and_coffee.png"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,16 +174,16 @@ def test_cam_is_grad_cam_times_z(tiny, xs) -> None:
     torch.testing.assert_close(g.upsampled, c.upsampled, rtol=1e-10, atol=1e-12)
 
 
-def test_cam_identity_on_lite0(lite, cat_x) -> None:
-    res = cam(lite, cat_x, target=["tiger cat", "espresso"])
+def test_cam_identity_on_lite0(lite0, cat_x) -> None:
+    res = cam(lite0, cat_x, target=["tiger cat", "espresso"])
     assert res.target.tolist() == [282, 967]
-    with capture(lite.model, "bn2") as cap, torch.no_grad():
-        lite.model(cat_x)
+    with capture(lite0.model, "bn2") as cap, torch.no_grad():
+        lite0.model(cat_x)
     before_relu = torch.einsum("nk,nkhw->nhw", res.weights, cap.activations)
-    bias = lite.model.classifier.bias[res.target].detach()
+    bias = lite0.model.classifier.bias[res.target].detach()
     expected = res.logits.gather(1, res.target[:, None])[:, 0]
     torch.testing.assert_close(before_relu.mean(dim=(1, 2)) + bias, expected, rtol=1e-5, atol=1e-4)
-    g = grad_cam(lite, cat_x, target=["tiger cat", "espresso"])
+    g = grad_cam(lite0, cat_x, target=["tiger cat", "espresso"])
     torch.testing.assert_close(g.low_res * 49, res.low_res, rtol=1e-4, atol=1e-5)
 
 
@@ -259,25 +253,30 @@ class Scaled(nn.Module):
 
 
 def reference_library(cls, model, layer, x, targets) -> np.ndarray:
-    with cls(model, target_layers=[layer]) as ref:
-        return ref(x, targets=[ClassifierOutputTarget(t) for t in targets])
+    try:
+        with cls(model, target_layers=[layer]) as ref:
+            return ref(x, targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:
+        # pytorch-grad-cam calls loss.backward(), which fills the parameters' .grad; clear it so
+        # the session-wide model stays as other tests expect it (ours never writes .grad)
+        model.zero_grad(set_to_none=True)
 
 
-def test_grad_cam_vs_pytorch_grad_cam_lite0(lite, cat_x) -> None:
-    ours = grad_cam(lite, cat_x, target=[282, 967])
-    theirs = reference_library(GradCAM, lite.model, lite.model.bn2, cat_x, [282, 967])
+def test_grad_cam_vs_pytorch_grad_cam_lite0(lite0, cat_x) -> None:
+    ours = grad_cam(lite0, cat_x, target=[282, 967])
+    theirs = reference_library(GradCAM, lite0.model, lite0.model.bn2, cat_x, [282, 967])
     np.testing.assert_allclose(ours.upsampled.numpy(), theirs, atol=1e-5)
-    assert count_hooks(lite.model) == 0
+    assert count_hooks(lite0.model) == 0
 
 
-def test_grad_cam_pp_vs_pytorch_grad_cam_lite0(lite, cat_x) -> None:
+def test_grad_cam_pp_vs_pytorch_grad_cam_lite0(lite0, cat_x) -> None:
     # Their eps=1e-6 in the denominator is of the order of g^2 for Lite0 (g ~ 1e-3), so
     # compare on logits scaled by 1000 (g ~ 1), where eps is negligible: the formulas agree.
-    scaled = Scaled(lite.model, 1000.0)
+    scaled = Scaled(lite0.model, 1000.0)
     ours = grad_cam_pp(scaled, cat_x[:1], target=282, layer="model.bn2")
-    theirs = reference_library(GradCAMPlusPlus, scaled, lite.model.bn2, cat_x[:1], [282])
+    theirs = reference_library(GradCAMPlusPlus, scaled, lite0.model.bn2, cat_x[:1], [282])
     np.testing.assert_allclose(ours.upsampled.numpy(), theirs, atol=1e-4)
-    unscaled = reference_library(GradCAMPlusPlus, lite.model, lite.model.bn2, cat_x[:1], [282])
+    unscaled = reference_library(GradCAMPlusPlus, lite0.model, lite0.model.bn2, cat_x[:1], [282])
     assert np.abs(unscaled - ours.upsampled.numpy()).max() > 1e-3  # their eps shows at scale 1
 
 
@@ -317,13 +316,13 @@ def score_cam_reference_library(monkeypatch, model, layer, x, target):
         ref.activations_and_grads.release()
 
 
-def test_score_cam_vs_pytorch_grad_cam_lite0(lite, cat_x, monkeypatch) -> None:
+def test_score_cam_vs_pytorch_grad_cam_lite0(lite0, cat_x, monkeypatch) -> None:
     # bn2 has 1280 channels (hundreds of passes); blocks.1 (24 channels) exercises the same code.
-    layer = lite.model.blocks[1]
+    layer = lite0.model.blocks[1]
     ours = score_cam(
-        lite, cat_x[:1], target=282, layer=layer, variant="softmax_logits", progress=False
+        lite0, cat_x[:1], target=282, layer=layer, variant="softmax_logits", progress=False
     )
-    theirs = score_cam_reference_library(monkeypatch, lite.model, layer, cat_x[:1], 282)
+    theirs = score_cam_reference_library(monkeypatch, lite0.model, layer, cat_x[:1], 282)
     np.testing.assert_allclose(ours.upsampled.numpy(), theirs, atol=1e-4)
 
 
@@ -342,11 +341,11 @@ def test_score_cam_vs_pytorch_grad_cam_resnet50(monkeypatch) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_clear_errors(lite, tiny, xs, cat_x) -> None:
+def test_clear_errors(lite0, tiny, xs, cat_x) -> None:
     with pytest.raises(LayerError, match="unknown layer 'bn3'.*closest.*bn2"):
-        grad_cam(lite, cat_x[:1], layer="bn3")
+        grad_cam(lite0, cat_x[:1], layer="bn3")
     with pytest.raises(ModelError, match="unknown class name 'tiger kat'.*did you mean"):
-        grad_cam(lite, cat_x[:1], target="tiger kat")
+        grad_cam(lite0, cat_x[:1], target="tiger kat")
     with pytest.raises(CamError, match="needs a LoadedModel"):
         grad_cam(tiny, xs, target="cat", layer="features.2")
     with pytest.raises(CamError, match="layer is required"):
@@ -359,7 +358,7 @@ def test_clear_errors(lite, tiny, xs, cat_x) -> None:
         cam(tiny, xs, layer="features.4")  # before the last ReLU: mean + Linear != logits
     with pytest.raises(CamError, match="variant"):
         score_cam(tiny, xs, layer="features.2", variant="logits")
-    assert count_hooks(lite.model) == 0 and count_hooks(tiny) == 0
+    assert count_hooks(lite0.model) == 0 and count_hooks(tiny) == 0
 
 
 def test_cam_on_vgg16_explains_why_not() -> None:

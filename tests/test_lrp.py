@@ -217,11 +217,6 @@ def test_vgg16_lrp_matches_zennit(vgg16):
         assert torch.equal(value, model.state_dict()[key]), key
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_model(device="cpu")
-
-
 def test_lite0_batchnorm_folding_preserves_outputs(lite0):
     x = lite0.preprocess("data/chelsea.png")
     net = build_network(lite0.model)
