@@ -51,6 +51,8 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from .perturb import rank_correlation
+
 __all__ = [
     "BOXES_PATH",
     "Baseline",
@@ -624,17 +626,12 @@ def spearman_rank(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
     pixel ranks (average ranks for ties), as in Adebayo et al. 2018, Sec. 3.
 
     ``absolute=True`` compares :math:`|a|` and :math:`|b|` (for signed maps). A constant map has
-    no ordering to share, so its correlation is defined as 0.
+    no ordering to share, so its correlation is defined as 0 here (the robustness notebook's
+    :func:`~xai_helpers.perturb.rank_correlation`, which computes each pair, reports NaN).
     """
-    from scipy.stats import rankdata
-
     a_np, b_np = _paired_numpy(a, b, absolute)
-    out = np.zeros(len(a_np))
-    for i, (u, v) in enumerate(zip(a_np, b_np, strict=True)):
-        if np.ptp(u) == 0 or np.ptp(v) == 0:
-            continue
-        out[i] = np.corrcoef(rankdata(u.ravel()), rankdata(v.ravel()))[0, 1]
-    return torch.from_numpy(out)
+    rhos = [rank_correlation(u, v) for u, v in zip(a_np, b_np, strict=True)]
+    return torch.nan_to_num(torch.tensor(rhos, dtype=torch.float64), nan=0.0)
 
 
 def ssim(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
