@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from .cams import normalize_per_image
 from .perturb import rank_correlation
 
 __all__ = [
@@ -128,15 +129,6 @@ def _as_target(target: Tensor | int | Sequence[int], n: int, device: torch.devic
     if t.numel() != n:
         raise MetricError(f"target must have one class per image ({n}), got {t.numel()}")
     return t.clone()
-
-
-def _unit(maps: Tensor) -> Tensor:
-    """Min-max normalise each map to [0, 1]; a constant map becomes zeros."""
-    flat = maps.flatten(1)
-    lo = flat.min(1, keepdim=True).values
-    span = flat.max(1, keepdim=True).values - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-    return out.view_as(maps)
 
 
 def _scores(logits: Tensor, target: Tensor, score: str) -> Tensor:
@@ -396,7 +388,7 @@ def average_drop_increase(
     """
     maps, target = _check_batch(x, maps, target)
     base = make_baseline(x, baseline, blur_sigma)
-    masked_x = base + _unit(maps)[:, None] * (x - base)
+    masked_x = base + normalize_per_image(maps)[:, None] * (x - base)
     full, masked = [], []
     for start in range(0, x.shape[0], batch_size):
         sl = slice(start, start + batch_size)
@@ -548,7 +540,7 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
         ``(N,)`` proportions in [0, 1].
     """
     maps, masks = _check_masks(maps, masks)
-    unit = _unit(maps)
+    unit = normalize_per_image(maps)
     total = unit.flatten(1).sum(1)
     inside = (unit * masks).flatten(1).sum(1)
     area = masks.flatten(1).double().mean(1)
@@ -640,8 +632,8 @@ def ssim(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
     from skimage.metrics import structural_similarity
 
     a_np, b_np = _paired_numpy(a, b, absolute)
-    a_np = _unit(torch.from_numpy(a_np)).numpy()
-    b_np = _unit(torch.from_numpy(b_np)).numpy()
+    a_np = normalize_per_image(torch.from_numpy(a_np)).numpy()
+    b_np = normalize_per_image(torch.from_numpy(b_np)).numpy()
     return torch.tensor(
         [structural_similarity(u, v, data_range=1.0) for u, v in zip(a_np, b_np, strict=True)],
         dtype=torch.float64,
