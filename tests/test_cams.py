@@ -236,6 +236,17 @@ def test_score_cam_independent_of_batch_size(tiny, xs) -> None:
         torch.testing.assert_close(r.upsampled, runs[0].upsampled, rtol=1e-12, atol=1e-15)
 
 
+def test_score_cam_progress_callback_counts_every_masked_image(tiny, xs) -> None:
+    calls: list[tuple[int, int]] = []
+    score_cam(
+        tiny, xs, layer="features.2", batch_size=3, progress=lambda d, t: calls.append((d, t))
+    )
+    done = [d for d, _ in calls]
+    total = calls[0][1]
+    assert calls[0][0] == 0 and done == sorted(done) and done[-1] == total
+    assert len(calls) > 2  # called after every forward pass, not just at the end
+
+
 # ------------------------------------------------------------------------------------------
 # against pytorch-grad-cam
 # ------------------------------------------------------------------------------------------
