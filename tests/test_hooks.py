@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from xai_helpers.hooks import LayerError, capture, count_hooks, resolve_layer, restore_state
+from xai_helpers.hooks import (
+    LayerError,
+    capture,
+    count_hooks,
+    feature_map_layers,
+    resolve_layer,
+    restore_state,
+)
 
 
 class InplaceBlock(nn.Module):
@@ -118,3 +125,24 @@ def test_restore_state_restores_modes_and_flags() -> None:
             raise KeyError("inside")
     assert model.training and model.conv.training and not model.bn.training
     assert not model.conv.weight.requires_grad and model.conv.bias.requires_grad
+
+
+def test_feature_map_layers_deepest_first_on_lite0(lite0):
+    x = torch.zeros(1, 3, 224, 224)
+    layers = feature_map_layers(lite0.model, x)
+    names = [n for n, _ in layers]
+    assert names[0] == "bn2" and dict(layers)["bn2"] == (1280, 7, 7)
+    assert dict(layers)["blocks.4"] == (112, 14, 14) and names.index("blocks.4") < names.index(
+        "blocks.2"
+    )
+    assert "global_pool" not in names and "global_pool.pool" not in names  # 1 x 1: no map
+    assert count_hooks(lite0.model) == 0
+
+
+def test_feature_map_layers_removes_hooks_on_error():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).train()
+    with pytest.raises(RuntimeError):
+        feature_map_layers(net, torch.zeros(1, 3, 9, 9))  # wrong size for the Linear layer
+    assert count_hooks(net) == 0 and net.training
+    assert feature_map_layers(net, torch.zeros(1, 3, 8, 8)) == [("0", (4, 6, 6))]
+    assert net.training  # restored after the eval-mode pass

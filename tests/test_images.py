@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +11,7 @@ from PIL import Image
 from xai_helpers.images import (
     SAMPLE_NAMES,
     ImageLoadError,
+    decode_image,
     load_image,
     sample_boxes,
     sample_image,
@@ -146,3 +149,51 @@ def test_file_that_is_not_an_image(tmp_path):
 def test_unknown_sample():
     with pytest.raises(ImageLoadError, match="unknown sample image 'dog'"):
         sample_path("dog")
+
+
+def _encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_decode_image_matches_load_image(tmp_path):
+    rgba = Image.fromarray(np.dstack([_gradient(), np.full((40, 60), 100, np.uint8)]), "RGBA")
+    from_bytes = decode_image(_encoded(rgba), "card.png")
+    from_file = load_image(_save(rgba, tmp_path, "card.png"))
+    assert from_bytes.mode == "RGB" and np.array_equal(
+        np.asarray(from_bytes), np.asarray(from_file)
+    )
+
+
+def test_decode_image_applies_exif_orientation():
+    image = Image.fromarray(_gradient())
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    upright = decode_image(_encoded(image, "JPEG", exif=exif, quality=95))
+    assert upright.size == (40, 60)
+
+
+def test_decode_image_checks_size_before_decoding():
+    # 8000 x 8000 black pixels compress to a few kB: the pixel count must be read from the header
+    bomb = _encoded(Image.new("L", (8000, 8000)))
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageLoadError, match="8000x8000 pixels .64 megapixels., over the 50-"):
+        decode_image(bomb, "bomb.png")
+    with pytest.raises(ImageLoadError, match=r"big.png is 0.2 MB, over the 0 MB limit"):
+        decode_image(b"x" * 200_000, "big.png", max_bytes=100_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "upload is empty"),
+        (b"hello", "upload is not a readable image"),
+        (_encoded(Image.new("RGB", (64, 64)))[:50], "upload is not a readable image"),
+        (_encoded(Image.new("RGB", (8, 8))), "too small to classify"),
+    ],
+)
+def test_decode_image_one_line_errors(data, message):
+    with pytest.raises(ImageLoadError, match=message) as info:
+        decode_image(data)
+    assert "\n" not in str(info.value)

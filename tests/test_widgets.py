@@ -11,7 +11,7 @@ from torch import nn
 
 from xai_helpers import perturb as P
 from xai_helpers.models import LoadedModel, imagenet_classes
-from xai_helpers.widgets import explore, explorer, plot_exploration
+from xai_helpers.widgets import explore, plot_exploration, robustness_explorer
 
 matplotlib.use("Agg")
 
@@ -91,7 +91,7 @@ def test_plot_and_widget_build_without_a_browser() -> None:
     fig = plot_exploration(explore(lm, pic, "brightness", angle=20, explain_fn=brightness))
     assert len(fig.axes) == 5
     matplotlib.pyplot.close(fig)
-    box = explorer(lm, pic, methods=("brightness",), explain_fn=brightness)
+    box = robustness_explorer(lm, pic, methods=("brightness",), explain_fn=brightness)
     assert isinstance(box, ipywidgets.VBox)
     sliders = [w for row in box.children[:2] for w in row.children]
     assert {s.description for s in sliders} >= {"angle", "scale", "text size", "mask top-k"}

@@ -19,7 +19,7 @@ Example
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,7 +27,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Capture", "LayerError", "capture", "count_hooks", "resolve_layer", "restore_state"]
+__all__ = [
+    "Capture",
+    "LayerError",
+    "capture",
+    "count_hooks",
+    "feature_map_layers",
+    "resolve_layer",
+    "restore_state",
+]
 
 
 class LayerError(ValueError):
@@ -161,6 +169,46 @@ def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
             cap._tensor_handle.remove()
             cap._tensor_handle = None
         cap.output = None  # drop the graph
+
+
+def feature_map_layers(
+    model: nn.Module, x: torch.Tensor, max_depth: int = 2
+) -> list[tuple[str, tuple[int, ...]]]:
+    """The layers a CAM can be computed on: those whose output is one 4-D feature map.
+
+    Runs ``model(x)`` once without gradients, with a forward hook on every module whose dotted
+    name has at most ``max_depth`` parts (``"layer4"``, ``"blocks.6"``, ``"features.28"``), and
+    returns ``(name, (K, h, w))`` for each module that ran exactly once and returned an (N, K, h, w)
+    tensor with more than one pixel, the deepest first (identity and dropout layers, which only
+    repeat their input, are left out). The hooks are removed and the modes restored, also on
+    error.
+    """
+    skip = (nn.Identity, nn.Dropout, nn.Dropout2d)
+    seen: dict[str, list[tuple[int, ...]]] = {}
+    handles: list[RemovableHandle] = []
+
+    def recorder(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
+            seen.setdefault(name, []).append(shape if len(shape) == 3 else ())
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name and name.count(".") < max_depth and not isinstance(module, skip):
+                handles.append(module.register_forward_hook(recorder(name)))
+        with restore_state(model), torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = [
+        (name, calls[0])
+        for name, calls in seen.items()
+        if len(calls) == 1 and calls[0] and calls[0][1] * calls[0][2] > 1
+    ]
+    return layers[::-1]
 
 
 def count_hooks(model: nn.Module) -> int:

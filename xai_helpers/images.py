@@ -15,6 +15,7 @@ The photos in ``data/`` come from scikit-image's wheel (see ``data/README.md``).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "SAMPLE_NAMES",
     "ImageInput",
     "ImageLoadError",
+    "decode_image",
     "load_image",
     "sample_boxes",
     "sample_image",
@@ -45,6 +47,11 @@ SAMPLE_NAMES: dict[str, str] = {
 
 #: Smallest side, in pixels, that we accept; the networks downsample by 32.
 MIN_SIZE = 32
+
+#: Largest upload :func:`decode_image` accepts by default: bytes and pixels (a 48-megapixel
+#: phone photo fits; a decompression bomb does not).
+MAX_BYTES = 25 * 2**20
+MAX_PIXELS = 50_000_000
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -116,6 +123,57 @@ def load_image(source: ImageInput, min_size: int = MIN_SIZE) -> Image.Image:
             f"use an image at least {min_size}x{min_size} (ideally 224x224 or larger)"
         )
     return rgb
+
+
+def decode_image(
+    data: bytes,
+    name: str = "upload",
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    min_size: int = MIN_SIZE,
+) -> Image.Image:
+    """Decode the bytes of an image file (an upload) into an upright 8-bit RGB PIL image.
+
+    The size is checked *before* the pixels are decoded, so a huge or malicious file costs
+    nothing. Raises :class:`ImageLoadError` with a one-line message for an empty file, a file
+    over ``max_bytes``, an image over ``max_pixels``, or bytes that are not an image; then
+    :func:`load_image`'s conversions (EXIF orientation, any mode to RGB) apply.
+    """
+    if not data:
+        raise ImageLoadError(f"{name} is empty (0 bytes); upload the image file itself")
+    if len(data) > max_bytes:
+        raise ImageLoadError(
+            f"{name} is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB limit; "
+            "downscale or recompress it first"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ImageLoadError(
+                    f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), "
+                    f"over the {max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
+                )
+            opened.load()
+            image = opened.copy()
+            image.info.update(opened.info)
+            exif = opened.getexif()
+    except ImageLoadError:
+        raise
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as err:
+        raise ImageLoadError(
+            f"{name} is not a readable image ({err.__class__.__name__}); "
+            "upload a PNG, JPEG, TIFF or another format Pillow can open"
+        ) from err
+    if exif:
+        image.getexif().update(exif)
+    return load_image(image, min_size=min_size)
 
 
 def _open_file(path: Path) -> Image.Image:

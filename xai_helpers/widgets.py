@@ -1,20 +1,33 @@
-"""An interactive explorer: perturb the picture with sliders, watch prediction and explanation.
+"""Interactive widgets: explore an explanation live, and perturb a picture with sliders.
 
-Two layers, so that the computation runs (and is tested) without a browser:
+Two widgets, each with a plain-Python core so that it runs (and is tested) without a browser:
 
-* :func:`explore` -- a plain function: mask the top-k % of the original explanation, write a word
-  on the picture, rotate and scale it, then classify and explain the result and carry the map back
-  onto the original grid (:mod:`xai_helpers.perturb`); returns an :class:`Exploration`;
-* :func:`plot_exploration` -- draws one :class:`Exploration` (pictures, maps, numbers);
-* :func:`explorer` -- the ipywidgets front end: sliders wired to the two functions above through
-  ``ipywidgets.interactive_output``. Without a front end (nbval, nbconvert) the widget is built
-  and its first update computed, but nothing can move the sliders.
+* :class:`Explorer` -- pick the image (a sample, or your own upload), the method, the class (the
+  top-k predictions, or any of the 1000 by search), the CAM layer, the overlay opacity and the
+  colour map; the prediction table and the overlay update live. Maps are cached per (image,
+  method, class, layer), so opacity and colour map redraw without recomputing; Score-CAM shows a
+  progress bar while it runs; bad uploads and impossible requests give a one-line message in
+  the widget, never a traceback. Every method notebook ends with one, preset to its method.
+* :func:`robustness_explorer` -- sliders that rotate, scale, write on and mask the picture, then
+  show prediction and explanation before and after (:func:`explore`, :func:`plot_exploration`);
+  used by the robustness notebook.
+
+Without a front end (nbval, nbconvert) the widgets are built and their first state computed;
+each :class:`Explorer` also carries a JPEG of its current overlay, which is what GitHub shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import base64
+import html
+import io
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -22,30 +35,423 @@ import numpy as np
 import torch
 from IPython.display import display
 from matplotlib.figure import Figure
+from PIL import Image
 
 from . import perturb as P
+from .explain import LABELS, METHODS, explain
+from .hooks import feature_map_layers
+from .images import MAX_BYTES, MAX_PIXELS, SAMPLE_NAMES, decode_image, sample_path
 from .models import LoadedModel, TopK
 from .viz import show_map
 
 __all__ = [
+    "COLORMAPS",
     "ExplainFn",
     "Exploration",
+    "Explorer",
     "explore",
-    "explorer",
     "plot_exploration",
+    "robustness_explorer",
 ]
 
-#: ``explain_fn(loaded, x, method, target) -> (N, H, W)`` map at input resolution; by default
-#: :func:`xai_helpers.explain.explain`.
-ExplainFn = Callable[[LoadedModel, torch.Tensor, str, "int | str | None"], torch.Tensor]
+#: ``explain_fn(loaded, x, method, target, **kwargs) -> (N, H, W)`` map at input resolution; by
+#: default :func:`xai_helpers.explain.explain` (``kwargs``: ``layer``, Score-CAM's ``progress``).
+ExplainFn = Callable[..., torch.Tensor]
+
+#: Colour maps the explorer offers; ``"auto"`` is ``jet`` for the CAM family and the diverging
+#: ``bwr`` (centred at zero) for LRP's signed relevance.
+COLORMAPS = ("auto", "jet", "turbo", "viridis", "inferno", "gray", "bwr", "coolwarm")
 
 
 def _default_explain(
-    loaded: LoadedModel, x: torch.Tensor, method: str, target: int | str | None
+    loaded: LoadedModel, x: torch.Tensor, method: str, target: int | str | None, **kwargs: Any
 ) -> torch.Tensor:
-    from .explain import explain  # imported late: explain imports every method
+    return explain(loaded, x, method, target=target, **kwargs)
 
-    return explain(loaded, x, method, target=target)
+
+# --------------------------------------------------------------------------------------------
+# the explanation explorer
+# --------------------------------------------------------------------------------------------
+
+
+class Explorer:
+    """A live explorer of one model's explanations; display it as the last expression of a cell.
+
+    Controls (all in :attr:`widget`, an ``ipywidgets.VBox``):
+
+    ``image``
+        The sample photos of ``data/``, plus every picture uploaded with ``upload``.
+    ``upload``
+        A file-upload button. The file is decoded with :func:`xai_helpers.images.decode_image`
+        (size checked before decoding: at most ``max_bytes`` and ``max_pixels``); a bad file
+        shows its one-line error in ``status`` and changes nothing else.
+    ``method``
+        CAM, Grad-CAM, Grad-CAM++, Score-CAM, LRP (:data:`xai_helpers.explain.METHODS`).
+    ``target`` and ``search``
+        The class explained: the top-``top_k`` predictions, or any of the 1000 ImageNet classes
+        found by typing in ``search`` (``"281: tabby"``), which adds it to ``target``.
+    ``layer``
+        The CAM layer, from :func:`xai_helpers.hooks.feature_map_layers` (the deepest first);
+        fixed to the model's last feature maps for CAM (its weights are the classifier's, so it
+        has no other choice) and unused by LRP.
+    ``opacity`` and ``colormap``
+        Overlay opacity and colour map (:data:`COLORMAPS`); they only redraw.
+
+    Outputs: ``picture`` (an ``ipywidgets.Image``, JPEG of the overlay with a colour bar),
+    ``predictions`` (top-k table, the explained class in bold), ``progress`` (Score-CAM's passes,
+    shown while it runs) and ``status`` (what was computed and how long it took, or what went
+    wrong). Maps are kept in an LRU cache of ``cache_size`` entries keyed by (image, method,
+    class, layer); :attr:`computed` counts the explanations actually run.
+
+    Parameters
+    ----------
+    loaded:
+        The model, from :func:`xai_helpers.models.load_model`.
+    method, image, target, layer:
+        Initial choices: a method name, a sample name (:data:`xai_helpers.images.SAMPLE_NAMES`),
+        a class (index or name; default the top-1), a layer name (default ``loaded.cam_layer``).
+    explain_fn:
+        ``(loaded, x, method, target, **kwargs) -> (N, H, W)``, default
+        :func:`xai_helpers.explain.explain`; tests pass a cheap stand-in.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        method: str = "grad_cam",
+        image: str = "chelsea",
+        target: int | str | None = None,
+        layer: str | None = None,
+        methods: Sequence[str] = tuple(METHODS),
+        top_k: int = 5,
+        explain_fn: ExplainFn | None = None,
+        cache_size: int = 32,
+        max_bytes: int = MAX_BYTES,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        if method not in methods:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+        if image not in SAMPLE_NAMES:
+            raise ValueError(
+                f"unknown sample image {image!r}; choose one of {', '.join(SAMPLE_NAMES)} "
+                "(upload your own in the widget)"
+            )
+        self.loaded = loaded
+        self.top_k = top_k
+        self.explain_fn = explain_fn or _default_explain
+        self.cache_size = cache_size
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.computed = 0
+        self.maps: OrderedDict[tuple[str, str, int, str], np.ndarray] = OrderedDict()
+        self._sources: dict[str, Path | Image.Image] = {n: sample_path(n) for n in SAMPLE_NAMES}
+        self._views: dict[str, np.ndarray] = {}
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._probs: dict[str, torch.Tensor] = {}
+        self._suspended = False
+        self._current: tuple[str, str, int, str] | None = None
+
+        x0 = self._input(image)
+        layers = [name for name, _ in feature_map_layers(loaded.model, x0)]
+        if loaded.cam_layer in layers:
+            layers.remove(loaded.cam_layer)
+        layers.insert(0, loaded.cam_layer)
+        if layer is not None and layer not in layers:
+            raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(layers)}")
+        names = loaded.class_names
+
+        wide = widgets.Layout(width="auto")
+        self.image = widgets.Dropdown(
+            options=[(f"{n}: {d}", n) for n, d in SAMPLE_NAMES.items()],
+            value=image,
+            description="image",
+            layout=widgets.Layout(width="28em"),
+        )
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload")
+        self.method = widgets.Dropdown(
+            options=[(LABELS.get(m, m), m) for m in methods],
+            value=method,
+            description="method",
+        )
+        self.target = widgets.Dropdown(description="class", layout=widgets.Layout(width="24em"))
+        self.search = widgets.Combobox(
+            options=[f"{i}: {n}" for i, n in enumerate(names)],
+            ensure_option=True,
+            placeholder=f"search all {len(names)} classes",
+            description="search",
+        )
+        self.layer = widgets.Dropdown(
+            options=layers, value=layer or loaded.cam_layer, description="layer"
+        )
+        self.opacity = widgets.FloatSlider(
+            value=0.5, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False
+        )
+        self.colormap = widgets.Dropdown(
+            options=list(COLORMAPS), value="auto", description="colours"
+        )
+        self.progress = widgets.IntProgress(
+            value=0,
+            min=0,
+            max=1,
+            description="Score-CAM",
+            layout=widgets.Layout(visibility="hidden"),
+        )
+        self.status = widgets.HTML(layout=wide)
+        self.picture = widgets.Image(format="jpeg", layout=widgets.Layout(width="420px"))
+        self.predictions = widgets.HTML(layout=widgets.Layout(min_width="20em"))
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.image, self.upload]),
+                widgets.HBox([self.method, self.target, self.search]),
+                widgets.HBox([self.layer, self.opacity, self.colormap]),
+                widgets.HBox([self.progress, self.status]),
+                widgets.HBox([self.picture, self.predictions]),
+            ]
+        )
+
+        self._set_targets(image, target)
+        self._sync_layer()
+        self.image.observe(self._on_image, names="value")
+        self.upload.observe(self._on_upload, names="value")
+        self.method.observe(self._on_method, names="value")
+        self.target.observe(self._on_choice, names="value")
+        self.layer.observe(self._on_choice, names="value")
+        self.search.observe(self._on_search, names="value")
+        self.opacity.observe(self._on_style, names="value")
+        self.colormap.observe(self._on_style, names="value")
+        self.refresh()
+
+    # -- state ---------------------------------------------------------------------------------
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Change several controls without each change triggering a recomputation."""
+        before, self._suspended = self._suspended, True
+        try:
+            yield
+        finally:
+            self._suspended = before
+
+    def _input(self, key: str) -> torch.Tensor:
+        if key not in self._inputs:
+            source = self._sources[key]
+            self._inputs[key] = self.loaded.preprocess(source)
+            self._views[key] = self.loaded.view(source)
+            with torch.no_grad():
+                logits = self.loaded.model(self._inputs[key])
+            self._probs[key] = torch.softmax(logits.float(), dim=1)[0].cpu()
+        return self._inputs[key]
+
+    def _set_targets(self, key: str, target: int | str | None = None) -> None:
+        """Fill ``target`` with the image's top-k classes (plus ``target`` if not among them)."""
+        self._input(key)
+        probs = self._probs[key]
+        names = self.loaded.class_names
+        top = probs.topk(self.top_k).indices.tolist()
+        chosen = top[0] if target is None else self.loaded.class_index(target)
+        if chosen not in top:
+            top.append(chosen)
+        with self._quiet():
+            self.target.options = [(f"{names[i]} ({float(probs[i]):.3f})", i) for i in top]
+            self.target.value = chosen
+
+    def _sync_layer(self) -> None:
+        method = self.method.value
+        if method == "cam":  # CAM's weights are the classifier's: only its input layer works
+            with self._quiet():
+                self.layer.value = self.loaded.cam_layer
+        self.layer.disabled = method in ("cam", "lrp")
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """The current choice: (image, method, class index, layer)."""
+        layer = "" if self.method.value == "lrp" else self.layer.value
+        return (self.image.value, self.method.value, int(self.target.value), layer)
+
+    @property
+    def heatmap(self) -> np.ndarray | None:
+        """The map on display, (S, S), or ``None`` when the last request failed."""
+        return self.maps.get(self._current) if self._current else None
+
+    # -- observers -----------------------------------------------------------------------------
+    def _on_image(self, change: dict[str, Any]) -> None:
+        if self._suspended:
+            return
+        self._guard(lambda: (self._set_targets(change["new"]), self.refresh()))
+
+    def _on_method(self, change: dict[str, Any]) -> None:
+        if self._suspended:
+            return
+        self._sync_layer()
+        self.refresh()
+
+    def _on_choice(self, change: dict[str, Any]) -> None:
+        if not self._suspended:
+            self.refresh()
+
+    def _on_search(self, change: dict[str, Any]) -> None:
+        value = change["new"]
+        if self._suspended or value not in self.search.options:
+            return
+        self._guard(lambda: self._set_targets(self.image.value, int(value.split(":", 1)[0])))
+        self.refresh()
+
+    def _on_style(self, change: dict[str, Any]) -> None:
+        if not self._suspended:
+            self._guard(self._draw)
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        files = change["new"]
+        if self._suspended or not files:
+            return
+        self._guard(lambda: self.add_upload(files[0]["name"], bytes(files[0]["content"])))
+
+    def add_upload(self, name: str, data: bytes) -> None:
+        """Decode an uploaded file, add it to the image menu and explain it.
+
+        Raises :class:`xai_helpers.images.ImageLoadError` for a file that is too large or not an
+        image (the widget shows the message; nothing else changes).
+        """
+        picture = decode_image(data, name, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        key = f"upload: {name}"
+        if key in self._sources:  # a new file with the same name replaces the old one
+            for cache in (self._inputs, self._views, self._probs):
+                cache.pop(key, None)
+            for k in [k for k in self.maps if k[0] == key]:
+                del self.maps[k]
+        self._sources[key] = picture
+        with self._quiet():
+            options = [o for o in self.image.options if o[1] != key]
+            self.image.options = [*options, (f"{key} ({picture.width}x{picture.height})", key)]
+            self.image.value = key
+        self._set_targets(key)
+        self.refresh()
+
+    # -- computing and drawing -----------------------------------------------------------------
+    def _guard(self, action: Callable[[], object]) -> bool:
+        """Run ``action``; show its error in ``status`` instead of raising (a UI boundary)."""
+        try:
+            action()
+        except ValueError as err:  # every error of the package is a ValueError with a fix
+            self._show_error(str(err))
+            return False
+        except Exception as err:  # a widget callback must not raise into the kernel
+            self._show_error(f"unexpected {type(err).__name__}: {err}")
+            return False
+        return True
+
+    def _show_error(self, message: str) -> None:
+        self.progress.layout.visibility = "hidden"
+        self.status.value = f"<span style='color:#b00020'>⚠ {html.escape(message)}</span>"
+
+    def refresh(self) -> None:
+        """Explain the current choice (from the cache when possible) and redraw."""
+        if self._guard(self._compute):
+            self._guard(self._draw)
+
+    def _compute(self) -> None:
+        self._current = None  # until the map for the new choice exists
+        key = self.key
+        if key in self.maps:
+            self.maps.move_to_end(key)
+            self._current = key
+            self.status.value = f"{self._describe(key)}: from the cache"
+            return
+        image, method, target, layer = key
+        kwargs: dict[str, Any] = {} if method == "lrp" else {"layer": layer}
+        if method == "score_cam":
+            kwargs["progress"] = self._progress
+            self.progress.layout.visibility = "visible"
+        start = time.perf_counter()
+        try:
+            maps = self.explain_fn(self.loaded, self._input(image), method, target, **kwargs)
+        finally:
+            self.progress.layout.visibility = "hidden"
+        seconds = time.perf_counter() - start
+        self.computed += 1
+        self.maps[key] = maps.detach().cpu().double().numpy()[0]
+        while len(self.maps) > self.cache_size:
+            self.maps.popitem(last=False)
+        self._current = key
+        self.status.value = f"{self._describe(key)}: computed in {seconds:.2f} s"
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+
+    def _describe(self, key: tuple[str, str, int, str]) -> str:
+        image, method, target, layer = key
+        where = f", layer {layer}" if layer else ""
+        name = self.loaded.class_names[target]
+        label = LABELS.get(method, method)
+        return html.escape(f"{label} of '{name}' ({target}) on {image}{where}")
+
+    def _draw(self) -> None:
+        key, heatmap = self._current, self.heatmap
+        if key is None or heatmap is None:
+            return
+        image, method, target, layer = key
+        signed = method == "lrp"
+        cmap = None if self.colormap.value == "auto" else self.colormap.value
+        fig, ax = plt.subplots(figsize=(4.2, 3.7), layout="constrained")
+        title = f"{LABELS.get(method, method)}: {self.loaded.class_names[target]}"
+        show_map(
+            ax,
+            heatmap,
+            self._views[image],
+            title + (f"\nlayer {layer}" if layer else ""),
+            cmap=cmap,
+            alpha=float(self.opacity.value),
+            symmetric=signed,
+        )
+        buffer = io.BytesIO()
+        # JPEG: a quarter of the PNG's size for a photo overlay, and it is stored in the notebook
+        fig.savefig(buffer, format="jpeg", dpi=100, pil_kwargs={"quality": 90})
+        plt.close(fig)
+        self.picture.value = buffer.getvalue()
+        self.predictions.value = self._prediction_table(image, target)
+
+    def _prediction_table(self, image: str, target: int) -> str:
+        probs = self._probs[image]
+        top = probs.topk(self.top_k).indices.tolist()
+        rows = []
+        for rank, i in enumerate(top, 1):
+            cells = f"<td>{rank}</td><td>{i}</td><td>{html.escape(self.loaded.class_names[i])}</td>"
+            cells += f"<td>{float(probs[i]):.4f}</td>"
+            style = " style='font-weight:bold'" if i == target else ""
+            rows.append(f"<tr{style}>{cells}</tr>")
+        if target not in top:
+            rank = int((probs > probs[target]).sum()) + 1
+            name = html.escape(self.loaded.class_names[target])
+            rows.append(
+                f"<tr style='font-weight:bold'><td>{rank}</td><td>{target}</td><td>{name}</td>"
+                f"<td>{float(probs[target]):.2e}</td></tr>"
+            )
+        return (
+            f"<b>{html.escape(self.loaded.name)}</b> on {html.escape(image)}"
+            "<table><thead><tr><th>rank</th><th>class</th><th>name</th><th>p</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+
+    # -- display -------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The live widget, plus a JPEG of the current overlay for viewers without widgets."""
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = repr(self)
+        if self.picture.value:
+            bundle["image/jpeg"] = base64.b64encode(self.picture.value).decode("ascii")
+        return bundle
+
+    def __repr__(self) -> str:
+        image, method, target, layer = self.key
+        return (
+            f"Explorer({self.loaded.name}, {LABELS.get(method, method)}, image {image!r}, "
+            f"class {target} {self.loaded.class_names[target]!r}"
+            + (f", layer {layer!r})" if layer else ")")
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# the robustness explorer
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -196,7 +602,7 @@ def plot_exploration(result: Exploration, cell_size: float = 2.0) -> Figure:
     return fig
 
 
-def explorer(
+def robustness_explorer(
     loaded: LoadedModel,
     picture: np.ndarray,
     methods: Sequence[str] = ("grad_cam", "grad_cam_pp", "lrp"),
