@@ -165,7 +165,7 @@ def test_search_explains_any_of_the_1000_classes(tiny) -> None:
     assert ex.target.options[-1][1] == 1 and len(ex.target.options) == 6
     assert "<td>goldfish</td>" in ex.predictions.value
     ex.image.value = "coffee"  # a new image: back to its own top-1
-    assert ex.target.value != 1 and len(ex.target.options) == 5
+    assert ex.target.value != 1 and len(ex.target.options) == 5 and ex.search.value == ""
 
 
 def test_layer_choice_cam_and_lrp(tiny) -> None:

@@ -252,6 +252,8 @@ class Explorer:
         with self._quiet():
             self.target.options = [(f"{names[i]} ({float(probs[i]):.3f})", i) for i in top]
             self.target.value = chosen
+            if target is None:  # a new image starts from its top class: the old search is stale
+                self.search.value = ""
 
     def _sync_layer(self) -> None:
         method = self.method.value
