@@ -229,22 +229,30 @@ def gradient_cam(
     layer: str | nn.Module | None = None,
 ) -> CamResult:
     """The shared core of the gradient methods: capture :math:`A^k` and :math:`\\partial y^c /
-    \\partial A^k` of ``layer`` in one forward and one backward pass, then
-    ``weights = weight_fn(activations, gradients)`` and :math:`\\mathrm{ReLU}(\\sum_k w_k A^k)`.
+    \\partial A^k` of ``layer`` in one forward pass and a backward pass through the layers
+    above it, then ``weights = weight_fn(activations, gradients)`` and
+    :math:`\\mathrm{ReLU}(\\sum_k w_k A^k)`.
 
-    The backward pass uses ``torch.autograd.grad`` with respect to a detached copy of ``x``, so
-    no parameter's ``.grad`` is written. The gradients of the N images are independent: the
-    sum of their target logits is differentiated once (the model is in eval mode, so no image
-    influences another).
+    Only :math:`\\partial y^c / \\partial A^k` is needed, so the backward pass stops at
+    ``layer``: the parameters are frozen for the call (and restored after), ``x`` requires no
+    grad, and the layer's output is made a leaf of the graph (``capture(..., as_leaf=True)``).
+    Nothing below the layer is recorded or differentiated, and no parameter's ``.grad`` is
+    written. The gradients of the N images are independent: the sum of their target logits is
+    differentiated once (the model is in eval mode, so no image influences another).
     """
     model, layer, loaded = _unpack(model_or_loaded, layer)
-    x = _check_input(x, model).requires_grad_(True)
-    with restore_state(model), torch.enable_grad(), capture(model, layer) as cap:
+    x = _check_input(x, model)
+    with restore_state(model), torch.enable_grad(), capture(model, layer, as_leaf=True) as cap:
+        for p in model.parameters():
+            p.requires_grad_(False)
         logits = model(x)
         target_idx = _resolve_targets(target, logits, loaded)
         scores = logits.gather(1, target_idx[:, None]).sum()
-        torch.autograd.grad(scores, x)
-        activations, gradients = cap.activations, cap.gradients
+        if cap.output is not None and scores.requires_grad:
+            (gradients,) = torch.autograd.grad(scores, cap.output, allow_unused=True)
+        else:
+            gradients = None
+        activations = cap.activations
     if activations is None or gradients is None or activations.dim() != 4:
         raise CamError(
             f"layer {cap.name!r} gave no 4-D feature maps with a gradient; choose a convolutional "

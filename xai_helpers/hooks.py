@@ -99,18 +99,22 @@ def restore_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Modul
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(training for _, training in modes):
             model.eval()
         yield model
     finally:
+        # Only the flags that changed are written back: Module.__setattr__ is slow, and a model
+        # with hundreds of modules would pay ~1 ms per call for rewriting equal values.
         for m, training in modes:
-            m.training = training
+            if m.training != training:
+                m.training = training
         for p, requires_grad in grads:
-            p.requires_grad_(requires_grad)
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
 
 
 @contextmanager
-def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
+def capture(model: nn.Module, layer: str | nn.Module, as_leaf: bool = False) -> Iterator[Capture]:
     """Record the output of ``layer`` (and its gradient, when a backward pass runs) in a block.
 
     A forward hook stores the output; under grad mode it also registers a tensor hook on that
@@ -125,6 +129,14 @@ def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
         Any ``nn.Module``.
     layer:
         Dotted name as in ``model.named_modules()`` or the module itself.
+    as_leaf:
+        Under grad mode, make the layer's output a leaf of the autograd graph: ``output`` becomes
+        a detached tensor that requires grad, and the rest of the network gets a copy of it (so
+        later in-place operations stay allowed and leave ``activations`` intact). A backward pass
+        then stops at the layer: with frozen parameters and an input that requires no grad,
+        nothing below the layer is recorded or differentiated, which is all Grad-CAM needs.
+        Differentiate with respect to ``cap.output``; the gradients are the same as without
+        ``as_leaf``.
 
     Yields
     ------
@@ -137,7 +149,7 @@ def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
     def store_gradient(grad: torch.Tensor) -> None:
         cap.gradients = grad.detach()
 
-    def forward_hook(_module: nn.Module, _inputs: object, output: object) -> None:
+    def forward_hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
         if not isinstance(output, torch.Tensor):
             raise LayerError(
                 f"layer {name!r} returns {type(output).__name__}, not a tensor; "
@@ -146,11 +158,17 @@ def capture(model: nn.Module, layer: str | nn.Module) -> Iterator[Capture]:
         if cap._tensor_handle is not None:
             cap._tensor_handle.remove()
             cap._tensor_handle = None
+        cap.gradients = None
+        if as_leaf and torch.is_grad_enabled():
+            leaf = output.detach().requires_grad_(True)
+            cap.output, cap.activations = leaf, leaf.detach()  # the copy below is what changes
+            cap._tensor_handle = leaf.register_hook(store_gradient)
+            return leaf.clone()
         cap.output = output
         cap.activations = output.detach().clone()
-        cap.gradients = None
         if output.requires_grad:
             cap._tensor_handle = output.register_hook(store_gradient)
+        return None
 
     handle = module.register_forward_hook(forward_hook)
     try:
