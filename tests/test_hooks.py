@@ -130,10 +130,9 @@ def test_restore_state_restores_modes_and_flags() -> None:
     model.conv.weight.requires_grad_(False)
     model.bn.eval()  # mixed modes must come back exactly
     with pytest.raises(KeyError):
-        with restore_state(model):
+        with restore_state(model, freeze=True):
             assert not model.training and not model.conv.training
-            for p in model.parameters():
-                p.requires_grad_(False)
+            assert not any(p.requires_grad for p in model.parameters())
             raise KeyError("inside")
     assert model.training and model.conv.training and not model.bn.training
     assert not model.conv.weight.requires_grad and model.conv.bias.requires_grad

@@ -242,9 +242,11 @@ def gradient_cam(
     """
     model, layer, loaded = _unpack(model_or_loaded, layer)
     x = _check_input(x, model)
-    with restore_state(model), torch.enable_grad(), capture(model, layer, as_leaf=True) as cap:
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with (
+        restore_state(model, freeze=True),
+        torch.enable_grad(),
+        capture(model, layer, as_leaf=True) as cap,
+    ):
         logits = model(x)
         target_idx = _resolve_targets(target, logits, loaded)
         scores = logits.gather(1, target_idx[:, None]).sum()
@@ -368,17 +370,21 @@ def cam(
             f"CAM needs the {fc.in_features} feature maps that the global average pool sees; "
             f"layer {cap.name!r} gave {got}; pass the last feature layer (e.g. 'bn2', 'layer4')"
         )
-    # Verify GAP -> Linear instead of assuming it (a layer before a final ReLU would fail here).
-    rebuilt = fc(activations.mean(dim=(2, 3)))
+    target_idx = _resolve_targets(target, logits, loaded)
+    weights = fc.weight.detach()[target_idx].to(activations.dtype)
+    # Verify GAP -> Linear instead of assuming it (a layer before a final ReLU would fail here),
+    # on the explained classes: the identity above, one dot product per image, not the whole head.
+    rebuilt = (weights * activations.mean(dim=(2, 3))).sum(dim=1)
+    if fc.bias is not None:
+        rebuilt = rebuilt + fc.bias.detach()[target_idx]
+    expected = logits.gather(1, target_idx[:, None])[:, 0]
     scale = 1.0 + logits.abs().max().item()
-    if not torch.allclose(rebuilt, logits, rtol=1e-3, atol=1e-3 * scale):
+    if not torch.allclose(rebuilt, expected, rtol=1e-3, atol=1e-3 * scale):
         raise CamError(
             f"the logits are not Linear(mean of layer {cap.name!r} output): the head is not "
             "GAP -> Linear on this layer, so CAM does not apply; pick the layer whose output "
             "is pooled, or use grad_cam"
         )
-    target_idx = _resolve_targets(target, logits, loaded)
-    weights = fc.weight[target_idx].to(activations.dtype)
     return _finish(activations, weights, target_idx, logits, tuple(x.shape[-2:]))
 
 

@@ -40,6 +40,11 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     Returns ``(name, module)``. An unknown name raises :class:`LayerError` listing the closest
     names and the model's top-level children, so the fix is one copy-paste away.
     """
+    if isinstance(layer, str):
+        try:  # a walk down the dotted path, not over all modules (hundreds in Lite0)
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            pass  # unknown: the message below lists candidates
     named = dict(model.named_modules())
     if isinstance(layer, nn.Module):
         for name, module in named.items():
@@ -90,17 +95,24 @@ class Capture:
 
 
 @contextmanager
-def restore_state(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+def restore_state(
+    model: nn.Module, eval_mode: bool = True, freeze: bool = False
+) -> Iterator[nn.Module]:
     """Run a block with the model in eval mode; restore every submodule's ``training`` flag after.
 
-    Parameters' ``requires_grad`` are recorded and restored as well, so code inside may freeze
-    them freely. Restoration happens also when the block raises.
+    With ``freeze=True`` every parameter's ``requires_grad`` is set to False for the block (no
+    parameter then enters the autograd graph) and restored after. Without it the flags are not
+    recorded (walking the parameters costs ~0.3 ms on Lite0, 2 % of a forward pass), so code
+    inside must not change them. Restoration happens also when the block raises.
     """
     modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
+    grads = [(p, p.requires_grad) for p in model.parameters()] if freeze else []
     try:
         if eval_mode and any(training for _, training in modes):
             model.eval()
+        if freeze:
+            for p, _ in grads:
+                p.requires_grad_(False)
         yield model
     finally:
         # Only the flags that changed are written back: Module.__setattr__ is slow, and a model
