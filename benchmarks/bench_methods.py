@@ -1,173 +1,656 @@
-"""Speed of our explanation methods against the reference libraries, measured in the same run.
+"""Our explanation methods against pytorch-grad-cam, torchcam and zennit, measured in one run.
 
-    python benchmarks/bench_methods.py [--repeats 5] [--image chelsea] [--json out.json]
+    python benchmarks/bench_methods.py            # default scope, a few minutes on 2 CPU cores
+    python benchmarks/bench_methods.py --full     # every combination (Score-CAM: hours on a CPU)
 
-For each method, the median wall time of one explanation of one image (EfficientNet-Lite0 with its
-real weights, 224 x 224, default CAM layer ``bn2``) with ``xai_helpers`` and with the reference
-implementation, and their ratio (reference time / ours: above 1 means we are faster). Both sides
-get the same model, the same input and the same class, and their maps are compared (last column:
-largest absolute difference; CAMs are in [0, 1], LRP is relative to the largest relevance), so a
-fast wrong answer cannot pass unnoticed. Absolute times depend on the machine; the ratios are
-what to compare across machines. Nothing here is a test: the numbers are printed, not asserted.
+For each device (CPU; CUDA too when available), model (EfficientNet-Lite0 with its real weights;
+ResNet50 and VGG16 with random weights, ``weights=None``: the same shapes and cost), batch size
+(1 and 8; the batch of 8 holds 8 distinct images) and method (CAM, Grad-CAM, Grad-CAM++,
+Score-CAM, LRP), every library explains the same input for the same classes (each image's top-1
+class). Per call: median wall time (one warm-up call, then interleaved timed calls, see
+``harness.py``), peak extra memory, and how far the maps agree (CAMs are normalised to [0, 1]:
+largest absolute difference and smallest per-image correlation; LRP: largest difference divided
+by the largest |relevance|). The ratios are **ours / theirs: below 1 we are faster or leaner**.
+For Grad-CAM and Grad-CAM++ the bare model is a contender too: one forward pass and one backward
+pass to the input (``model alone``). The references run with their defaults (pytorch-grad-cam's
+Score-CAM: batches of 16 masked images, its fastest of 16/32/64 on the 2-core CPU; torchcam's:
+32), except that pytorch-grad-cam's Score-CAM masks are upsampled with ``align_corners=False``
+like ours, so that both compute the same map (``--full`` adds it as shipped).
+
+Writes ``benchmarks/results/latest.csv`` and ``latest.md`` (with the machine) and prints the
+table. Nothing here is a test: the targets of issue 8 are evaluated and printed, not asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import contextlib
+import csv
+import io
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import psutil
 import torch
+import torch.nn.functional as F
 
-from xai_helpers.images import sample_path
-from xai_helpers.models import LoadedModel, load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # zennit_reference
+
+from harness import (  # noqa: E402
+    Contender,
+    Measurement,
+    agreement,
+    constant_maps,
+    machine_line,
+    run_group,
+    time_ratio,
+)
+
+from xai_helpers.cams import cam, grad_cam, grad_cam_pp, score_cam  # noqa: E402
+from xai_helpers.images import sample_path  # noqa: E402
+from xai_helpers.lrp import build_network, lrp, pixel_bounds  # noqa: E402
+from xai_helpers.models import LoadedModel, load_model  # noqa: E402
+
+MODELS = ("efficientnet_lite0", "resnet50", "vgg16")
+SHORT = {"efficientnet_lite0": "Lite0", "resnet50": "ResNet50", "vgg16": "VGG16"}
+METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Score-CAM", "LRP")
+OURS = "xai_helpers"
+ALONE = "model alone (fwd+bwd)"
+RESULTS = Path(__file__).resolve().parent / "results"
+# Peak memory below this, on both sides, is within the noise of the RSS sampler on the CPU.
+MEMORY_FLOOR_MIB = 10.0
+# The classifier layer torchcam's CAM reads its weights from; VGG16 has no GAP -> Linear head.
+FC_LAYER = {"efficientnet_lite0": "classifier", "resnet50": "fc"}
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median of ``repeats`` timed calls, and the output of the first (the one we compare)."""
-    times, outputs = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs.append(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), outputs[0]
+@dataclass
+class Row:
+    device: str
+    model: str
+    batch: int
+    method: str
+    reference: str
+    ours_s: float
+    ref_s: float
+    ours_runs: int
+    ref_runs: int
+    time_ratio: float  # paired: the median of the per-round ratios (harness.time_ratio)
+    ours_mib: float
+    ref_mib: float
+    max_diff: float
+    correlation: float
+    note: str
+
+    @property
+    def mem_ratio(self) -> float:
+        return self.ours_mib / self.ref_mib if self.ref_mib > 0 else float("nan")
 
 
-def as_map(a: object) -> np.ndarray:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    return a.reshape(a.shape[-2:]).astype(np.float64)
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def make_input(lm: LoadedModel, batch: int) -> torch.Tensor:
+    """1: the cat photo; 8: the five sample photos and three of them mirrored (all distinct)."""
+    names = ["chelsea", "coffee", "rocket", "astronaut", "cat_and_coffee"]
+    if batch == 1:
+        return lm.preprocess(sample_path("chelsea"))
+    if batch > 2 * len(names):
+        raise SystemExit(f"at most {2 * len(names)} distinct images; got batch {batch}")
+    x = lm.preprocess([sample_path(n) for n in names])
+    x = torch.cat([x, x.flip(-1)])[:batch]
+    assert len({tuple(v.flatten()[::997].tolist()) for v in x}) == batch, "images must differ"
+    return x.contiguous()
+
+
+def upsample_normalise(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchcam returns maps at feature resolution: bring them to the input size, in [0, 1]."""
+    up = F.interpolate(low_res[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    flat = up.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    return (up - lo) / (hi - lo).clamp(min=1e-12)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """pytorch-grad-cam's Score-CAM draws a tqdm bar per image on stderr."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# contenders per method
+# ----------------------------------------------------------------------------------------------
+
+
+def cam_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
+    from torchcam.methods import CAM as TcCAM
+
+    model, layer, size = lm.model, lm.cam_layer, tuple(x.shape[-2:])
+
+    def torchcam() -> torch.Tensor:
+        with TcCAM(model, layer, FC_LAYER[lm.name]) as extractor:
+            with torch.inference_mode():
+                model(x)
+            maps = extractor(class_idx=t)[0]
+        return upsample_normalise(maps, size)
+
+    return [
+        Contender(OURS, lambda: cam(lm, x, t).upsampled, model),
+        Contender("torchcam", torchcam, model),
+    ]
+
+
+def gradient_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import GradCAM as TcGradCAM
+    from torchcam.methods import GradCAMpp as TcGradCAMpp
+
+    model, size = lm.model, tuple(x.shape[-2:])
+    module = dict(model.named_modules())[lm.cam_layer]
+    targets = [ClassifierOutputTarget(c) for c in t]
+    index = torch.tensor(t, device=x.device)[:, None]
+
+    def pgc(cls: type) -> Callable[[], object]:
+        def run() -> object:
+            with cls(model=model, target_layers=[module]) as method:
+                return method(input_tensor=x, targets=targets)
+
+        return run
+
+    def torchcam(cls: type) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with cls(model, lm.cam_layer) as extractor:
+                maps = extractor(class_idx=t, scores=model(x))[0]
+            return upsample_normalise(maps, size)
+
+        return run
+
+    def model_alone() -> None:
+        xg = x.detach().requires_grad_(True)
+        torch.autograd.grad(model(xg).gather(1, index).sum(), xg)
+
+    return [
+        Contender(f"{OURS} grad_cam", lambda: grad_cam(lm, x, t).upsampled, model),
+        Contender("pytorch-grad-cam GradCAM", pgc(GradCAM), model),
+        Contender("torchcam GradCAM", torchcam(TcGradCAM), model),
+        Contender(f"{OURS} grad_cam_pp", lambda: grad_cam_pp(lm, x, t).upsampled, model),
+        Contender("pytorch-grad-cam GradCAMPlusPlus", pgc(GradCAMPlusPlus), model),
+        Contender("torchcam GradCAMpp", torchcam(TcGradCAMpp), model),
+        Contender(ALONE, model_alone, model),
+    ]
+
+
+@contextlib.contextmanager
+def masks_like_ours() -> Iterator[None]:
+    """pytorch-grad-cam's Score-CAM upsamples its masks with ``nn.UpsamplingBilinear2d``, i.e.
+    ``align_corners=True``; swap in the same interpolation with ``align_corners=False`` (ours,
+    torchcam's): one upsampling call per explanation, the same cost, and then the same map."""
+    original = torch.nn.UpsamplingBilinear2d
+    torch.nn.UpsamplingBilinear2d = lambda size: torch.nn.Upsample(  # type: ignore[assignment]
+        size=size, mode="bilinear", align_corners=False
+    )
+    try:
+        yield
+    finally:
+        torch.nn.UpsamplingBilinear2d = original  # type: ignore[misc]
+
+
+PGC_SAME_MAP = "pytorch-grad-cam, masks align_corners=False"
+PGC_STOCK = "pytorch-grad-cam as shipped"
+
+
+def score_cam_contenders(
+    lm: LoadedModel, x: torch.Tensor, t: list[int], pgc_batch: int | None, stock: bool
+) -> list[Contender]:
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import ScoreCAM as TcScoreCAM
+
+    model, size = lm.model, tuple(x.shape[-2:])
+    module = dict(model.named_modules())[lm.cam_layer]
+    targets = [ClassifierOutputTarget(c) for c in t]
+
+    def ours() -> torch.Tensor:
+        return score_cam(lm, x, t, variant="softmax_logits", progress=False).upsampled
+
+    def pgc(same_masks: bool) -> Callable[[], object]:
+        def run() -> object:
+            patch = masks_like_ours() if same_masks else contextlib.nullcontext()
+            with ScoreCAM(model=model, target_layers=[module]) as method, quiet(), patch:
+                if pgc_batch is not None:
+                    method.batch_size = pgc_batch
+                return method(input_tensor=x, targets=targets)
+
+        return run
+
+    def torchcam() -> torch.Tensor:
+        with TcScoreCAM(model, lm.cam_layer) as extractor:  # its default batch_size=32
+            with torch.inference_mode():
+                model(x)
+            maps = extractor(class_idx=t)[0]
+        return upsample_normalise(maps, size)
+
+    return [
+        Contender(OURS, ours, model),
+        Contender(PGC_SAME_MAP, pgc(same_masks=True), model),
+        Contender("torchcam", torchcam, model),
+    ] + ([Contender(PGC_STOCK, pgc(same_masks=False), model)] if stock else [])
+
+
+def lrp_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
+    """Our ``lrp`` (epsilon-gamma-box) and zennit configured for the same rules.
+
+    zennit's model preparation (a copy with BatchNorm merged for Lite0; with BatchNorm's epsilon
+    moved for ResNet50) is done once, outside the timed call, as a zennit user would reuse it;
+    our ``lrp`` folds BatchNorm inside every call.
+    """
+    from zennit_reference import zennit_lrp, zennit_ready
+
+    target = torch.tensor(t, device=x.device)
+    rules = build_network(lm.model).rules()
+    low, high = (b.to(x) for b in pixel_bounds(lm.mean, lm.std))
+    zmodel, extra, canonizers = zennit_ready(lm.model)
+
+    def zennit() -> torch.Tensor:
+        relevance = zennit_lrp(zmodel, x, target, rules, extra, canonizers, low=low, high=high)
+        return relevance.sum(dim=1)
+
+    return [
+        Contender(OURS, lambda: lrp(lm, x, target).relevance, lm.model),
+        Contender("zennit", zennit, zmodel),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# rows: ours against each reference
+# ----------------------------------------------------------------------------------------------
+
+
+def rows_for(
+    key: tuple[str, str, int],
+    method: str,
+    ours: Measurement,
+    references: list[Measurement],
+    notes: dict[str, str],
+    relative: bool = False,
+) -> list[Row]:
+    device, model, batch = key
+    dead = constant_maps(ours.output) if not relative else 0
+    rows = []
+    for ref in references:
+        if ref.output is None:
+            diff, corr = float("nan"), float("nan")
+        else:
+            diff, corr = agreement(ours.output, ref.output, relative)
+        note = notes.get(ref.library, "")
+        if dead:
+            note = f"{dead}/{batch} of our maps constant; " + note
+        rows.append(
+            Row(
+                device,
+                model,
+                batch,
+                method,
+                ref.library,
+                ours.seconds,
+                ref.seconds,
+                len(ours.times),
+                len(ref.times),
+                time_ratio(ours, ref),
+                ours.peak_mib,
+                ref.peak_mib,
+                diff,
+                corr,
+                note.strip("; "),
+            )
+        )
+    return rows
+
+
+NOTES = {
+    "CAM": {
+        "torchcam": "its CAM has no ReLU before the normalisation (ours has, like Grad-CAM): "
+        "maps differ where a map has negative parts",
+    },
+    "Grad-CAM++": {
+        "pytorch-grad-cam GradCAMPlusPlus": "its eps=1e-6 in the alpha denominator is the size "
+        "of g^2 here (notebook 03)",
+        "torchcam GradCAMpp": "torchcam 0.5 bug: `alpha[mask].div_()` divides a copy, so its "
+        "alpha is g^2 undivided",
+    },
+    "Score-CAM": {
+        PGC_SAME_MAP: "its nn.UpsamplingBilinear2d swapped for align_corners=False",
+        PGC_STOCK: "its masks are upsampled with align_corners=True (notebook 04)",
+        "torchcam": "it normalises each mask before upsampling, we after",
+    },
+    "LRP": {"zennit": "same rules (tests/zennit_reference.py)"},
+}
+
+
+def run_method(
+    method: str,
+    lm: LoadedModel,
+    x: torch.Tensor,
+    t: list[int],
+    key: tuple[str, str, int],
+    args: argparse.Namespace,
+) -> list[Row]:
+    def measure(contenders: list[Contender]) -> dict[str, Measurement]:
+        return run_group(contenders, lm.device, args.repeats, args.budget, args.slow)
+
+    notes = NOTES.get(method, {})
+    if method == "CAM":
+        res = measure(cam_contenders(lm, x, t))
+        return rows_for(key, method, res[OURS], [res["torchcam"]], notes)
+    if method in ("Grad-CAM", "Grad-CAM++"):  # they share one interleaved group
+        res = measure(gradient_contenders(lm, x, t))
+        rows = []
+        for name, pgc, tc in (
+            ("Grad-CAM", "pytorch-grad-cam GradCAM", "torchcam GradCAM"),
+            ("Grad-CAM++", "pytorch-grad-cam GradCAMPlusPlus", "torchcam GradCAMpp"),
+        ):
+            ours = res[f"{OURS} {'grad_cam' if name == 'Grad-CAM' else 'grad_cam_pp'}"]
+            rows += rows_for(key, name, ours, [res[pgc], res[tc], res[ALONE]], NOTES.get(name, {}))
+        return rows
+    if method == "Score-CAM":
+        res = measure(score_cam_contenders(lm, x, t, args.pgc_score_batch, args.full))
+        refs = [name for name in res if name != OURS]
+        rows = rows_for(key, method, res[OURS], [res[name] for name in refs], notes)
+        n = x.shape[0]  # unmasked images: one pass each; torchcam's baseline pass is a second
+        for row, ref in zip(rows, refs, strict=True):
+            masked = res[ref].forward_images - n * (2 if ref == "torchcam" else 1)
+            row.note += f"; masked images: ours {res[OURS].forward_images - n}, theirs {masked}"
+        return rows
+    if method == "LRP":
+        res = measure(lrp_contenders(lm, x, t))
+        return rows_for(key, method, res[OURS], [res["zennit"]], notes, relative=True)
+    raise ValueError(method)
+
+
+# ----------------------------------------------------------------------------------------------
+# scope: what runs by default, what only with --full
+# ----------------------------------------------------------------------------------------------
+
+
+def skip_reason(model: str, batch: int, method: str, full: bool) -> str | None:
+    if method == "CAM" and model == "vgg16":
+        return "VGG16 has no GAP -> Linear head, so CAM does not apply (torchcam refuses too)"
+    if method == "Score-CAM" and not full and (model != "efficientnet_lite0" or batch != 1):
+        return (
+            "Score-CAM runs only for Lite0 at batch 1 by default: pytorch-grad-cam and torchcam "
+            "need one forward pass per channel and image (Lite0 1280, ResNet50 2048, VGG16 512 "
+            "channels), 1-2 min per image here, and up to 2 GiB per image for pytorch-grad-cam's "
+            "masked batch; --full runs them all"
+        )
+    return None
+
+
+def since_start() -> float:
+    """Seconds since this process started (imports included)."""
+    return time.time() - psutil.Process().create_time()
+
+
+def load(name: str, device: torch.device) -> LoadedModel:
+    torch.manual_seed(0)  # random weights for ResNet50 and VGG16: the same in every run
+    return load_model(name, device=device, weights="imagenet" if "lite" in name else None)
+
+
+def warm_up(lm: LoadedModel, x: torch.Tensor) -> list[int]:
+    """One forward and backward pass for this shape (allocator, kernels); the top-1 classes."""
+    xg = x.detach().requires_grad_(True)
+    logits = lm.model(xg)
+    torch.autograd.grad(logits.max(dim=1).values.sum(), xg)
+    return logits.argmax(dim=1).tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    if math.isnan(v):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+
+
+HEADER = (
+    "| device | model | batch | method | reference | ours (s) | theirs (s) | time ours/theirs "
+    "| ours (MiB) | theirs (MiB) | memory ours/theirs | max diff | min corr | note |"
+)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [HEADER, "|" + "---|" * 5 + "---:|" * 8 + "---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.device} | {SHORT[r.model]} | {r.batch} | {r.method} | {r.reference} "
+            f"| {fmt(r.ours_s)}{'¹' if r.ours_runs == 1 else ''} "
+            f"| {fmt(r.ref_s)}{'¹' if r.ref_runs == 1 else ''} "
+            f"| **{r.time_ratio:.2f}** | {fmt(r.ours_mib, 4)} | {fmt(r.ref_mib, 4)} "
+            f"| {fmt(r.mem_ratio)} | {fmt(r.max_diff, 2)} | {fmt(r.correlation, 6)} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+ABBREVIATION = {
+    "torchcam": "tc",
+    "zennit": "zennit",
+    ALONE: "alone",
+    PGC_SAME_MAP: "pgc",
+    PGC_STOCK: "pgc as shipped",
+}
+
+
+def abbreviate(reference: str) -> str:
+    if reference in ABBREVIATION:
+        return ABBREVIATION[reference]
+    return "pgc" if reference.startswith("pytorch-grad-cam") else "tc"
+
+
+def summary_table(rows: list[Row]) -> str:
+    """One line per device, model and batch: time ratio (ours / theirs) against the faster
+    library (and, for the gradient methods, the bare model), then the memory ratio."""
+    cases: dict[tuple[str, str, int], dict[str, list[Row]]] = {}
+    for r in rows:
+        cases.setdefault((r.device, r.model, r.batch), {}).setdefault(r.method, []).append(r)
+    methods = [m for m in METHODS if any(m in c for c in cases.values())]
+    lines = [
+        "| device | model | batch | " + " | ".join(methods) + " |",
+        "|---|---|---:|" + "---|" * len(methods),
+    ]
+    for (device, model, batch), by_method in cases.items():
+        cells = []
+        for method in methods:
+            rs = by_method.get(method)
+            if not rs:
+                cells.append("–")
+                continue
+            libs = [r for r in rs if r.reference != ALONE and r.reference != PGC_STOCK]
+            fastest = min(libs, key=lambda r: r.ref_s)
+            cell = f"**{fastest.time_ratio:.2f}** {abbreviate(fastest.reference)}"
+            cell += "".join(f", {r.time_ratio:.2f} alone" for r in rs if r.reference == ALONE)
+            worst = max(libs, key=lambda r: r.mem_ratio)
+            cell += f"; memory {worst.mem_ratio:.2f} {abbreviate(worst.reference)}"
+            cells.append(cell)
+        lines.append(f"| {device} | {SHORT[model]} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """Issue 8's targets, evaluated on this run's ratios."""
+    out = []
+    by_case: dict[tuple[str, str, int, str], list[Row]] = {}
+    for r in rows:
+        by_case.setdefault((r.device, r.model, r.batch, r.method), []).append(r)
+    for (device, model, batch, method), rs in by_case.items():
+        case = f"{device} {SHORT[model]} b{batch} {method}"
+        libs = [r for r in rs if r.reference != ALONE]
+        if method in ("Grad-CAM", "Grad-CAM++"):
+            fastest = min(libs, key=lambda r: r.ref_s)
+            alone = next(r for r in rs if r.reference == ALONE)
+            ok = fastest.time_ratio <= 1.0 and alone.time_ratio <= 1.2
+            out.append(
+                f"{'met ' if ok else 'MISSED'} {case}: {fastest.time_ratio:.3f}x the faster "
+                f"reference ({fastest.reference}; target <= 1.0), {alone.time_ratio:.2f}x one "
+                "forward + backward pass (target <= 1.2)"
+            )
+        elif method == "Score-CAM":
+            pgc = next(r for r in rs if r.reference == PGC_SAME_MAP)
+            ok = pgc.time_ratio <= 0.5 and pgc.correlation >= 0.999
+            out.append(
+                f"{'met ' if ok else 'MISSED'} {case}: {pgc.time_ratio:.2f}x {pgc.reference} "
+                f"(target <= 0.5), correlation {pgc.correlation:.6f} (target >= 0.999)"
+            )
+        elif method == "LRP":
+            z = rs[0]
+            ok = z.time_ratio <= 1.0
+            out.append(f"{'met ' if ok else 'MISSED'} {case}: {z.time_ratio:.3f}x zennit (<= 1.0)")
+        # memory: against the libraries (not the bare model); a few MiB are sampler noise
+        worst = max(libs, key=lambda r: r.ours_mib - 1.5 * r.ref_mib)
+        if max(worst.ours_mib, worst.ref_mib) < MEMORY_FLOOR_MIB:
+            out.append(
+                f"n/a  {case} memory: {worst.ours_mib:.1f} vs {worst.ref_mib:.1f} MiB "
+                f"({worst.reference}), both under {MEMORY_FLOOR_MIB} MiB"
+            )
+        else:
+            ok = worst.ours_mib <= 1.5 * worst.ref_mib
+            out.append(
+                f"{'met ' if ok else 'MISSED'} {case} memory: {worst.mem_ratio:.2f}x "
+                f"{worst.reference} ({worst.ours_mib:.0f} vs {worst.ref_mib:.0f} MiB; "
+                "target <= 1.5)"
+            )
+    return out
+
+
+def write_results(
+    rows: list[Row], skipped: list[str], goals: list[str], header: str, legend: str, out_dir: Path
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields = list(Row.__dataclass_fields__) + ["mem_ratio"]
+    with open(out_dir / "latest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for r in rows:
+            writer.writerow([getattr(r, k) for k in fields])
+    md = [
+        "# Benchmark: xai_helpers against pytorch-grad-cam, torchcam and zennit",
+        "",
+        header,
+        "",
+        "Ratios are ours / theirs: below 1 we are faster (time) or use less (memory). " + legend,
+        "",
+        "## Summary",
+        "",
+        "Time ratio against the faster library (tc: torchcam, pgc: pytorch-grad-cam), for "
+        "Grad-CAM and Grad-CAM++ also against one forward and backward pass of the bare model "
+        "(alone); memory ratio against the library that uses least.",
+        "",
+        summary_table(rows),
+        "",
+        "## All measurements",
+        "",
+        markdown_table(rows),
+        "",
+        "## Targets (issue 8)",
+        "",
+        *[f"- {g}" for g in goals],
+        "",
+        "## Not measured in this run",
+        "",
+        *[f"- {s}" for s in skipped],
+        "",
+    ]
+    (out_dir / "latest.md").write_text("\n".join(md))
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--score-cam-repeats", type=int, default=1)
-    parser.add_argument("--image", default="chelsea")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--full", action="store_true", help="every combination (Score-CAM!)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=7, help="most timed calls per contender")
+    parser.add_argument(
+        "--budget", type=float, default=5.0, help="seconds of timed calls per contender"
+    )
+    parser.add_argument("--slow", type=float, default=8.0, help="single run above (seconds)")
+    parser.add_argument(
+        "--pgc-score-batch",
+        type=int,
+        default=None,
+        help="pytorch-grad-cam Score-CAM batch size (default: its own, 16)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from xai_helpers.cams import grad_cam, grad_cam_pp, score_cam
-
-    torch.manual_seed(0)
-    lm = load_model("efficientnet_lite0")
-    x = lm.preprocess(sample_path(args.image))
-    c = int(lm.model(x).argmax())
-    for _ in range(3):  # warm-up: first calls allocate and pick kernels (no .grad written)
-        xg = x.clone().requires_grad_(True)
-        torch.autograd.grad(lm.model(xg)[0, c], xg)
-    layer = lm.model.bn2
-    targets = [ClassifierOutputTarget(c)]
-
-    def reference(cls: type, **attrs: object) -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            with cls(model=lm.model, target_layers=[layer]) as method:
-                for name, value in attrs.items():
-                    setattr(method, name, value)
-                return method(input_tensor=x, targets=targets)[0]
-
-        return run
-
-    # (name, ours, theirs, repeats, why the maps may differ)
-    cases: list[tuple[str, Callable[[], object], Callable[[], object], int, str]] = [
-        (
-            "Grad-CAM",
-            lambda: grad_cam(lm, x, c).upsampled,
-            reference(GradCAM),
-            args.repeats,
-            "same formula",
-        ),
-        (
-            "Grad-CAM++",
-            lambda: grad_cam_pp(lm, x, c).upsampled,
-            reference(GradCAMPlusPlus),
-            args.repeats,
-            "its eps=1e-6 in the alpha denominator is the size of g^2 here (notebook 03)",
-        ),
-        (
-            # pytorch-grad-cam's ScoreCAM is the softmax-over-channels variant of the logits
-            "Score-CAM (softmax_logits)",
-            lambda: score_cam(lm, x, c, variant="softmax_logits", progress=False).upsampled,
-            reference(ScoreCAM, batch_size=32),
-            args.score_cam_repeats,
-            "it upsamples the masks with align_corners=True (notebook 04)",
-        ),
-    ]
-
-    rows = []
-    for name, ours, theirs, repeats, note in cases:
-        t_ours, m_ours = median_time(ours, repeats)
-        t_ref, m_ref = median_time(theirs, repeats)
-        diff = float(np.abs(as_map(m_ours) - as_map(m_ref)).max())
-        rows.append(
-            {
-                "method": name,
-                "reference": "pytorch-grad-cam",
-                "ours_s": t_ours,
-                "reference_s": t_ref,
-                "speedup": t_ref / t_ours,
-                "max_abs_diff": diff,
-                "note": note,
-            }
-        )
-
-    rows.extend(lrp_rows(lm, x, args.repeats))
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {lm.device}")
-    print("| method | reference | ours (s) | reference (s) | reference / ours | max diff | note |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for r in rows:
-        print(
-            f"| {r['method']} | {r['reference']} | {r['ours_s']:.4f} | {r['reference_s']:.4f} "
-            f"| {r['speedup']:.2f} | {r['max_abs_diff']:.2e} | {r['note']} |"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
-
-
-def lrp_rows(lm: LoadedModel, x: torch.Tensor, repeats: int) -> list[dict[str, object]]:
-    """LRP (epsilon-gamma-box composite) against zennit configured to compute the same thing.
-
-    The zennit configuration is the one ``tests/test_lrp.py`` checks
-    (``tests/zennit_reference.py``).
-    Both sides start from the unmodified model: our ``lrp`` rebuilds it with BatchNorm folded, the
-    zennit side copies and canonizes it, and both costs are part of one explanation.
-    """
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from zennit_reference import zennit_lrp, zennit_ready_lite
-
-    from xai_helpers.lrp import build_network, lrp, pixel_bounds
-
-    target = lm.model(x).argmax(dim=1)
-    rules = build_network(lm.model).rules()
-    low, high = (b.float() for b in pixel_bounds(lm.mean, lm.std))
-
-    def theirs() -> torch.Tensor:
-        zmodel, extra = zennit_ready_lite(lm.model)
-        return zennit_lrp(zmodel, x, target, rules, extra, low=low, high=high).sum(dim=1)
-
-    t_ours, ours = median_time(lambda: lrp(lm, x, target).relevance, repeats)
-    t_ref, ref = median_time(theirs, repeats)
-    scale = float(np.abs(as_map(ref)).max())
-    return [
-        {
-            "method": "LRP (epsilon-gamma-box)",
-            "reference": "zennit",
-            "ours_s": t_ours,
-            "reference_s": t_ref,
-            "speedup": t_ref / t_ours,
-            "max_abs_diff": float(np.abs(as_map(ours) - as_map(ref)).max()) / scale,
-            "note": "same rules, BatchNorm folded (tests/zennit_reference.py)",
-        }
-    ]
+    torch.set_num_threads(args.threads)
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    header = f"Machine: {machine_line()}. Scope: {'--full' if args.full else 'default'}."
+    print(header, flush=True)
+    rows: list[Row] = []
+    skipped: dict[str, list[str]] = {}  # reason -> cases
+    for device_name in devices:
+        device = torch.device(device_name)
+        for name in args.models:
+            lm = load(name, device)
+            for batch in args.batches:
+                x = make_input(lm, batch)
+                t = warm_up(lm, x)
+                key = (device.type, name, batch)
+                for method in args.methods:
+                    if method == "Grad-CAM++" and "Grad-CAM" in args.methods:
+                        continue  # measured in the Grad-CAM group
+                    both = method == "Grad-CAM" and "Grad-CAM++" in args.methods
+                    case = f"{device.type} {SHORT[name]} batch {batch} {method}"
+                    case += " and Grad-CAM++" if both else ""
+                    reason = skip_reason(name, batch, method, args.full)
+                    if reason:
+                        skipped.setdefault(reason, []).append(f"{SHORT[name]} b{batch}")
+                        print(f"[skip] {case}: {reason}", flush=True)
+                        continue
+                    print(f"[{since_start():6.0f} s] {case}", flush=True)
+                    new = run_method(method, lm, x, t, key, args)
+                    rows += [r for r in new if r.method in args.methods]
+            del lm
+    notes = [f"{', '.join(cases)}: {reason}" for reason, cases in skipped.items()]
+    if "CAM" in args.methods:
+        notes.append("pytorch-grad-cam has no plain CAM: CAM is compared with torchcam only")
+    header += f" Total wall time {since_start() / 60:.1f} min (from process start)."
+    goals = targets(rows)
+    legend = (
+        f"Times: median of the timed calls after a warm-up call (about {args.budget:g} s of "
+        f"them per contender, 1 to {args.repeats}), in interleaved rounds; time ratios are "
+        f"medians of the per-round ratios. ¹ one timed run (the first call took over "
+        f"{args.slow:g} s). Memory: peak extra memory of a call (CPU: resident set size above "
+        "the start, sampled every ms; for calls under 2 s the smaller of two calls). Max diff: "
+        "CAMs in [0, 1]; LRP relative to the largest |relevance|; min corr: the smallest "
+        "per-image correlation."
+    )
+    write_results(rows, notes, goals, header, legend, args.out)
+    print()
+    print(header)
+    print(markdown_table(rows))
+    print()
+    print(summary_table(rows))
+    print("\nTargets:")
+    print("\n".join(f"  {g}" for g in goals))
+    print(f"\nwrote {args.out / 'latest.csv'} and {args.out / 'latest.md'}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,25 @@ def test_capture_survives_inplace_operations() -> None:
     assert (g_in == 0).any(), "the ReLU mask should zero some gradients"
 
 
+def test_as_leaf_gives_the_same_gradients_and_stops_at_the_layer() -> None:
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    model = make_block(inplace=True)
+    xr = x.clone().requires_grad_(True)
+    with capture(model, "bn") as full:
+        torch.autograd.grad(model(xr)[:, 2].sum(), xr)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with capture(model, "bn", as_leaf=True) as leaf:
+        logits = model(x)  # in-place `+=` and `relu_` act on the copy, not on the leaf
+        assert leaf.output.is_leaf
+        (g,) = torch.autograd.grad(logits[:, 2].sum(), leaf.output)
+    assert model.conv.weight.grad is None
+    torch.testing.assert_close(leaf.activations, full.activations, rtol=0, atol=0)
+    torch.testing.assert_close(leaf.gradients, full.gradients, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, full.gradients, rtol=1e-12, atol=1e-14)
+    assert count_hooks(model) == 0
+
+
 def test_hooks_removed_also_after_exception() -> None:
     model = make_block(inplace=True)
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -118,10 +137,9 @@ def test_restore_state_restores_modes_and_flags() -> None:
     model.conv.weight.requires_grad_(False)
     model.bn.eval()  # mixed modes must come back exactly
     with pytest.raises(KeyError):
-        with restore_state(model):
+        with restore_state(model, freeze=True):
             assert not model.training and not model.conv.training
-            for p in model.parameters():
-                p.requires_grad_(False)
+            assert not any(p.requires_grad for p in model.parameters())
             raise KeyError("inside")
     assert model.training and model.conv.training and not model.bn.training
     assert not model.conv.weight.requires_grad and model.conv.bias.requires_grad

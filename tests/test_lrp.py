@@ -27,13 +27,11 @@ from xai_helpers.lrp import (
 from xai_helpers.models import load_model
 
 zennit = pytest.importorskip("zennit")
-from zennit.rules import Norm as ZNorm  # noqa: E402
-from zennit.torchvision import ResNetCanonizer  # noqa: E402
 from zennit_reference import (  # noqa: E402
-    TINY,
-    AvgPoolRelevance,
     zennit_lrp,
     zennit_ready_lite,
+    zennit_ready_resnet,
+    zennit_ready_vgg,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -207,9 +205,8 @@ def test_vgg16_lrp_matches_zennit(vgg16):
     assert [rules[n] for n in net.head] == [Epsilon(0.0)] * 3
     assert sum(isinstance(r, Gamma) for r in rules.values()) == 6  # conv1_2..conv3_3
     low, high = pixel_bounds(vgg16.mean, vgg16.std)
-    pools = {n: AvgPoolRelevance() for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d)}
-    pools["avgpool"] = ZNorm(stabilizer=TINY)
-    theirs = zennit_lrp(model, x, res.target, rules, pools, low=low.float(), high=high.float())
+    zmodel, extra = zennit_ready_vgg(model)
+    theirs = zennit_lrp(zmodel, x, res.target, rules, extra, low=low.float(), high=high.float())
     diff = _max_rel_diff(res.input_relevance, theirs)
     print(f"VGG16 max |ours - zennit| / max |zennit| = {diff:.2e}")
     assert diff < 1e-4, diff
@@ -270,19 +267,8 @@ def test_resnet50_folding_and_lrp_match_zennit():
     torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
     low, high = pixel_bounds((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     res = lrp(model, x, bounds=(low, high))
-    zmodel = copy.deepcopy(model)
-    for m in zmodel.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_var += m.eps
-            m.eps = 0.0
-    extra = {"maxpool": AvgPoolRelevance(), "avgpool": ZNorm(stabilizer=TINY)}
-    for name, m in zmodel.named_modules():
-        if type(m).__name__ == "Bottleneck":
-            extra[f"{name}.canonizer_sum"] = ZNorm(stabilizer=TINY)
-    theirs = zennit_lrp(
-        zmodel, x, res.target, net.rules(), extra, [ResNetCanonizer()], low=low, high=high
-    )
+    zmodel, extra, canonizers = zennit_ready_resnet(model)
+    theirs = zennit_lrp(zmodel, x, res.target, net.rules(), extra, canonizers, low=low, high=high)
     diff = _max_rel_diff(res.input_relevance, theirs)
     print(f"ResNet50 max |ours - zennit| / max |zennit| = {diff:.2e}")
     assert diff < 1e-9, diff

@@ -1,6 +1,9 @@
 """zennit configured to compute exactly what ``xai_helpers.lrp`` computes: the independent
 reference for ``tests/test_lrp.py`` and ``benchmarks/bench_methods.py``.
 
+:func:`zennit_ready` prepares any of the course's three architectures (VGG16, ResNet50,
+EfficientNet-Lite); :func:`zennit_lrp` then explains a batch with the rules of our composite.
+
 What zennit needs to match our rules layer by layer: max-pooling treated as average pooling in the
 relevance pass (a small hook: zennit's default gives all relevance to the maximum), its ``Pass``
 rule for ReLU6, a ``Sum`` module for timm's residual additions, and BatchNorm's epsilon moved into
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from zennit.attribution import Gradient
-from zennit.canonizers import MergeBatchNorm
+from zennit.canonizers import Canonizer, MergeBatchNorm
 from zennit.composites import NameMapComposite
 from zennit.core import Hook
 from zennit.layer import Sum
@@ -26,6 +29,7 @@ from zennit.rules import Gamma as ZGamma
 from zennit.rules import Norm as ZNorm
 from zennit.rules import Pass as ZPass
 from zennit.rules import ZBox as ZZBox
+from zennit.torchvision import ResNetCanonizer
 
 from xai_helpers.lrp import Epsilon, Gamma, ZBox
 
@@ -109,3 +113,43 @@ def zennit_ready_lite(model: nn.Module) -> tuple[nn.Module, dict[str, Hook]]:
             module.inplace = False
             extra[name] = ZPass()  # the gradient of ReLU6 is 0 above 6; LRP passes through
     return model, extra
+
+
+def zennit_ready_vgg(model: nn.Module) -> tuple[nn.Module, dict[str, Hook]]:
+    """torchvision's VGG as it is (no BatchNorm): only the pooling layers need hooks."""
+    extra: dict[str, Hook] = {
+        name: AvgPoolRelevance()
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MaxPool2d)
+    }
+    extra["avgpool"] = ZNorm(stabilizer=TINY)
+    return model, extra
+
+
+def zennit_ready_resnet(model: nn.Module) -> tuple[nn.Module, dict[str, Hook], list[Canonizer]]:
+    """A copy of torchvision's ResNet with BatchNorm's epsilon moved into the running variance;
+    zennit's ``ResNetCanonizer`` merges BatchNorm and turns each residual sum into a module."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_var += module.eps
+            module.eps = 0.0
+    extra: dict[str, Hook] = {"maxpool": AvgPoolRelevance(), "avgpool": ZNorm(stabilizer=TINY)}
+    for name, module in model.named_modules():
+        if type(module).__name__ in ("Bottleneck", "BasicBlock"):
+            extra[f"{name}.canonizer_sum"] = ZNorm(stabilizer=TINY)
+    return model, extra, [ResNetCanonizer()]
+
+
+def zennit_ready(model: nn.Module) -> tuple[nn.Module, dict[str, Hook], list[Canonizer]]:
+    """The model zennit explains, the extra hooks and the canonizers, for VGG16, ResNet50 or
+    EfficientNet-Lite (the model itself is never modified)."""
+    kind = type(model).__name__
+    if kind == "VGG":
+        return (*zennit_ready_vgg(model), [])
+    if kind == "ResNet":
+        return zennit_ready_resnet(model)
+    if kind == "EfficientNet":
+        return (*zennit_ready_lite(model), [])
+    raise ValueError(f"no zennit configuration for {kind}")

@@ -229,22 +229,32 @@ def gradient_cam(
     layer: str | nn.Module | None = None,
 ) -> CamResult:
     """The shared core of the gradient methods: capture :math:`A^k` and :math:`\\partial y^c /
-    \\partial A^k` of ``layer`` in one forward and one backward pass, then
-    ``weights = weight_fn(activations, gradients)`` and :math:`\\mathrm{ReLU}(\\sum_k w_k A^k)`.
+    \\partial A^k` of ``layer`` in one forward pass and a backward pass through the layers
+    above it, then ``weights = weight_fn(activations, gradients)`` and
+    :math:`\\mathrm{ReLU}(\\sum_k w_k A^k)`.
 
-    The backward pass uses ``torch.autograd.grad`` with respect to a detached copy of ``x``, so
-    no parameter's ``.grad`` is written. The gradients of the N images are independent: the
-    sum of their target logits is differentiated once (the model is in eval mode, so no image
-    influences another).
+    Only :math:`\\partial y^c / \\partial A^k` is needed, so the backward pass stops at
+    ``layer``: the parameters are frozen for the call (and restored after), ``x`` requires no
+    grad, and the layer's output is made a leaf of the graph (``capture(..., as_leaf=True)``).
+    Nothing below the layer is recorded or differentiated, and no parameter's ``.grad`` is
+    written. The gradients of the N images are independent: the sum of their target logits is
+    differentiated once (the model is in eval mode, so no image influences another).
     """
     model, layer, loaded = _unpack(model_or_loaded, layer)
-    x = _check_input(x, model).requires_grad_(True)
-    with restore_state(model), torch.enable_grad(), capture(model, layer) as cap:
+    x = _check_input(x, model)
+    with (
+        restore_state(model, freeze=True),
+        torch.enable_grad(),
+        capture(model, layer, as_leaf=True) as cap,
+    ):
         logits = model(x)
         target_idx = _resolve_targets(target, logits, loaded)
         scores = logits.gather(1, target_idx[:, None]).sum()
-        torch.autograd.grad(scores, x)
-        activations, gradients = cap.activations, cap.gradients
+        if cap.output is not None and scores.requires_grad:
+            (gradients,) = torch.autograd.grad(scores, cap.output, allow_unused=True)
+        else:
+            gradients = None
+        activations = cap.activations
     if activations is None or gradients is None or activations.dim() != 4:
         raise CamError(
             f"layer {cap.name!r} gave no 4-D feature maps with a gradient; choose a convolutional "
@@ -360,17 +370,21 @@ def cam(
             f"CAM needs the {fc.in_features} feature maps that the global average pool sees; "
             f"layer {cap.name!r} gave {got}; pass the last feature layer (e.g. 'bn2', 'layer4')"
         )
-    # Verify GAP -> Linear instead of assuming it (a layer before a final ReLU would fail here).
-    rebuilt = fc(activations.mean(dim=(2, 3)))
+    target_idx = _resolve_targets(target, logits, loaded)
+    weights = fc.weight.detach()[target_idx].to(activations.dtype)
+    # Verify GAP -> Linear instead of assuming it (a layer before a final ReLU would fail here),
+    # on the explained classes: the identity above, one dot product per image, not the whole head.
+    rebuilt = (weights * activations.mean(dim=(2, 3))).sum(dim=1)
+    if fc.bias is not None:
+        rebuilt = rebuilt + fc.bias.detach()[target_idx]
+    expected = logits.gather(1, target_idx[:, None])[:, 0]
     scale = 1.0 + logits.abs().max().item()
-    if not torch.allclose(rebuilt, logits, rtol=1e-3, atol=1e-3 * scale):
+    if not torch.allclose(rebuilt, expected, rtol=1e-3, atol=1e-3 * scale):
         raise CamError(
             f"the logits are not Linear(mean of layer {cap.name!r} output): the head is not "
             "GAP -> Linear on this layer, so CAM does not apply; pick the layer whose output "
             "is pooled, or use grad_cam"
         )
-    target_idx = _resolve_targets(target, logits, loaded)
-    weights = fc.weight[target_idx].to(activations.dtype)
     return _finish(activations, weights, target_idx, logits, tuple(x.shape[-2:]))
 
 
