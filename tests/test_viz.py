@@ -8,10 +8,14 @@ import torch
 from matplotlib import colormaps
 
 from xai_helpers.viz import (
+    color_limits,
+    grey_image,
     normalize_map,
     overlay,
     plot_grid,
     save_figure,
+    show_map,
+    signed_overlay,
     to_numpy_image,
     upsample_map,
 )
@@ -70,8 +74,8 @@ def test_grid_and_save(tmp_path, suffix):
         "Grad-CAM": [rng.random((7, 7)) for _ in range(2)],
         "LRP": [rng.standard_normal((64, 64)), None],
     }
-    fig = plot_grid(images, maps, row_titles=["a", "b"], symmetric={"LRP": True})
-    assert len(fig.axes) == 2 * 3
+    fig = plot_grid(images, maps, row_titles=["a", "b"], scales={"LRP": "signed"})
+    assert len(fig.axes) == 2 * 3 + 3  # three maps with a colorbar each
     path = save_figure(fig, tmp_path / f"grid{suffix}", dpi=50)
     assert path.stat().st_size > 1000
 
@@ -87,3 +91,48 @@ def test_save_figure_rejects_unknown_format(tmp_path):
     fig = plt.figure()
     with pytest.raises(ValueError, match="unsupported figure format"):
         save_figure(fig, tmp_path / "x.bmp")
+
+
+def _colorbar_of(ax):
+    return next(a for a in ax.figure.axes if a is not ax and a.get_label() == "<colorbar>"), None
+
+
+def test_colorbar_shows_the_computed_values_unless_told_otherwise():
+    import matplotlib.pyplot as plt
+
+    m = np.linspace(0, 19.0, 49).reshape(7, 7)
+    fig, ax = plt.subplots()
+    show_map(ax, m)  # default: the values as computed
+    bar, _ = _colorbar_of(ax)
+    assert bar.get_ylim() == pytest.approx((0.0, 19.0))
+    assert bar.get_ylabel() == "value"
+    fig, ax = plt.subplots()
+    show_map(ax, m, scale="minmax")
+    bar, _ = _colorbar_of(ax)
+    assert bar.get_ylim() == pytest.approx((0.0, 1.0))
+    assert "min-max normalised" in bar.get_ylabel() and "19" in bar.get_ylabel()
+    plt.close("all")
+
+
+def test_signed_scale_is_symmetric_and_clipped_at_the_percentile():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((64, 64))
+    m[0, 0] = 1000.0  # one outlier must not wash the rest out
+    h, lo, hi, label = color_limits(m, "signed", clip=99.0)
+    assert lo == -hi and hi == pytest.approx(np.percentile(np.abs(m), 99.0))
+    assert hi < 5 and "clipped at the 99th pct" in label
+    assert color_limits(m, "signed", clip=100)[2] == pytest.approx(1000.0)
+    with pytest.raises(ValueError, match="scale must be"):
+        color_limits(m, "symmetric")
+
+
+def test_signed_overlay_keeps_the_grey_photo_where_relevance_is_zero():
+    image = np.full((8, 8, 3), 0.5)
+    image[..., 0] = 1.0  # a reddish photo: grey where nothing is relevant, not red
+    m = np.zeros((8, 8))
+    m[0, 0], m[-1, -1] = 2.0, -2.0
+    out = signed_overlay(image, m, bound=1.0)
+    np.testing.assert_allclose(out[4, 4], grey_image(image)[4, 4])
+    assert out[4, 4, 0] == pytest.approx(out[4, 4, 2])  # grey: equal channels
+    assert out[0, 0, 0] > 0.9 and out[0, 0, 2] < 0.1  # saturated red
+    assert out[-1, -1, 2] > 0.9 and out[-1, -1, 0] < 0.1  # saturated blue

@@ -1,65 +1,27 @@
-"""One call for every method of the course, for the comparison and robustness notebooks.
+"""One call for every method of the course: ``explain(lm, x, "grad_cam")``.
 
-``explain(lm, x, "grad_cam")`` returns an (N, H, W) map at input resolution, whatever the method:
+It returns an (N, H, W) map at input resolution, whatever the method; what the values mean is
+in the method's record (:mod:`xai_helpers.registry`):
 
-* CAM, Grad-CAM, Grad-CAM++, Score-CAM: :attr:`CamResult.upsampled`, non-negative and min-max
-  normalised per image to [0, 1];
-* LRP: :attr:`LrpResult.relevance`, the *signed* pixel relevance summed over colour channels
-  (its scale is the logit's; compare ranks, not values, across methods).
+* unsigned methods (the CAM family): non-negative, min-max normalised per image to [0, 1];
+* signed methods (LRP): the signed pixel relevance summed over colour channels (its scale is
+  the logit's; compare ranks, not values, across methods).
 
 Metrics that rank pixels (deletion, insertion, pointing game, top-k masking) are invariant to
-these scale conventions; the figures use :data:`SIGNED` to choose the colour map.
+these scale conventions; figures read ``get_method(name).signed`` to choose the colour map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .cams import Target, cam, grad_cam, grad_cam_pp, score_cam
-from .lrp import lrp
+from .cams import Target
 from .models import LoadedModel
+from .registry import METHODS, UnknownMethodError, get_method
 
-__all__ = ["LABELS", "METHODS", "SIGNED", "UnknownMethodError", "explain"]
-
-
-def _cam_family(fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
-    def run(lm: LoadedModel, x: torch.Tensor, target: Target, **kwargs: Any) -> torch.Tensor:
-        return fn(lm, x, target, **kwargs).upsampled
-
-    return run
-
-
-def _lrp(lm: LoadedModel, x: torch.Tensor, target: Target, **kwargs: Any) -> torch.Tensor:
-    return lrp(lm, x, target, **kwargs).relevance
-
-
-#: method name -> function ``(lm, x, target, **kwargs) -> (N, H, W)`` map.
-METHODS: dict[str, Callable[..., torch.Tensor]] = {
-    "cam": _cam_family(cam),
-    "grad_cam": _cam_family(grad_cam),
-    "grad_cam_pp": _cam_family(grad_cam_pp),
-    "score_cam": _cam_family(score_cam),
-    "lrp": _lrp,
-}
-
-#: Display names, as the papers write them.
-LABELS: dict[str, str] = {
-    "cam": "CAM",
-    "grad_cam": "Grad-CAM",
-    "grad_cam_pp": "Grad-CAM++",
-    "score_cam": "Score-CAM",
-    "lrp": "LRP",
-}
-
-#: Methods whose maps are signed (draw them with a diverging colour map centred at zero).
-SIGNED: frozenset[str] = frozenset({"lrp"})
-
-
-class UnknownMethodError(ValueError):
-    """The method name is not one of :data:`METHODS`."""
+__all__ = ["METHODS", "UnknownMethodError", "explain"]
 
 
 def explain(
@@ -78,7 +40,8 @@ def explain(
     x:
         (N, 3, H, W) preprocessed batch.
     method:
-        One of ``"cam"``, ``"grad_cam"``, ``"grad_cam_pp"``, ``"score_cam"``, ``"lrp"``.
+        A name in :data:`xai_helpers.registry.METHODS` (``"cam"``, ``"grad_cam"``,
+        ``"grad_cam_pp"``, ``"score_cam"``, ``"lrp"``, ...).
     target:
         ``None``, a class index or name, or a sequence of N of them.
     **kwargs:
@@ -90,6 +53,13 @@ def explain(
     torch.Tensor
         (N, H, W) map, detached.
     """
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[method](lm, x, target, **kwargs).detach()
+    return get_method(method).fn(lm, x, target, **kwargs).detach()
+
+
+def __getattr__(name: str) -> Any:
+    # Views of the registry kept for code written before it existed; read the registry instead.
+    if name == "LABELS":
+        return {m.name: m.label for m in METHODS.values()}
+    if name == "SIGNED":
+        return frozenset(m.name for m in METHODS.values() if m.signed)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -402,7 +402,7 @@ class Explorer:
             title + (f"\nlayer {layer}" if layer else ""),
             cmap=cmap,
             alpha=float(self.opacity.value),
-            symmetric=signed,
+            scale="signed" if signed else "values",
         )
         buffer = io.BytesIO()
         # JPEG: a quarter of the PNG's size for a photo overlay, and it is stored in the notebook
@@ -582,18 +582,15 @@ def plot_exploration(result: Exploration, cell_size: float = 2.0) -> Figure:
     axes[0].imshow(result.original)
     axes[0].set_title(f"original\n{result.before.top1[1]} {result.before.top1[2]:.2f}", fontsize=9)
     axes[0].set_axis_off()
-    show_map(
-        axes[1], result.reference, result.original, "map before", symmetric=signed, colorbar=False
-    )
+    scale = "signed" if signed else "values"
+    show_map(axes[1], result.reference, result.original, "map before", scale=scale, colorbar=False)
     axes[2].imshow(result.perturbed)
     axes[2].set_title(f"perturbed\n{result.after.top1[1]} {result.after.top1[2]:.2f}", fontsize=9)
     axes[2].set_axis_off()
-    show_map(
-        axes[3], result.heatmap, result.perturbed, "map after", symmetric=signed, colorbar=False
-    )
+    show_map(axes[3], result.heatmap, result.perturbed, "map after", scale=scale, colorbar=False)
     aligned = np.where(result.valid, result.aligned, 0.0)
     show_map(
-        axes[4], aligned, result.original, "after, aligned back", symmetric=signed, colorbar=False
+        axes[4], aligned, result.original, "after, aligned back", scale=scale, colorbar=False
     )
     a = result.agreement
     fig.suptitle(
