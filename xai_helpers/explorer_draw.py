@@ -160,14 +160,16 @@ def status_html(text: str, kind: str = "done", note: str | None = None) -> str:
     ``text`` and ``note`` are plain text (escaped here); each is one line.
     """
     icon = {"error": "⚠ ", "busy": "⏳ "}.get(kind, "")
-    out = f"<div class='xai-msg xai-msg-{kind}'>{icon}{html.escape(_one_line(text))}</div>"
+    text, note = _escape(text), _escape(note) if note else None
+    out = f"<div class='xai-msg xai-msg-{kind}'>{icon}{text}</div>"
     if note:
-        out += f"<div class='xai-msg xai-msg-note'>ℹ {html.escape(_one_line(note))}</div>"
+        out += f"<div class='xai-msg xai-msg-note'>ℹ {note}</div>"
     return out
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _escape(text: str) -> str:
+    """One line of element text: whitespace collapsed, ``<>&`` escaped (quotes need not be)."""
+    return html.escape(" ".join(str(text).split()), quote=False)
 
 
 def still_picture(picture: bytes, note: str = STILL_NOTE) -> bytes:

@@ -110,10 +110,11 @@ class ClassSearch:
     """Find a class from a plain name, part of one, a synonym, an index or a close misspelling.
 
     Every class has its display name (``loaded.class_names``) and its WordNet synonyms
-    (``"tabby, tabby cat"``). A query matches, from best to worst: a name exactly; the start of
-    a name; the start of a word in a name (``cat`` in ``tiger cat``); any part of a name; a
-    close misspelling (``expresso``). Within one tier the class the model finds most probable
-    on the current image comes first, so ``cat`` on the cat photo finds the cat the model sees.
+    (``"tabby, tabby cat"``). A query matches, from best to worst: a name exactly; whole words
+    of a name (``cat`` in ``tiger cat``); the start of a name (``tabb``); the start of words
+    (``gold fi``); any part of a name; a close misspelling (``expresso``). Within one tier the
+    class the model finds most probable on the current image comes first, so ``cat`` on the cat
+    photo finds the cat the model sees.
     ``281`` and ``281: tabby`` (a suggestion of the search box) name a class by index.
     """
 
@@ -145,14 +146,15 @@ class ClassSearch:
         if index and int(index.group(1)) < len(self.names):
             i = int(index.group(1))
             return SearchResult(query, (i,), f"class {self.label(i)}")
-        tiers: dict[int, int] = {}
+        tiers: dict[int, float] = {}
         for i, terms in enumerate(self.terms):
             found = [tier for t in terms if (tier := _tier(q, t)) is not None]
             if found:
                 tiers[i] = min(found)
         if not tiers:
-            for term in difflib.get_close_matches(q, list(self._all), n=5, cutoff=0.75):
-                tiers.setdefault(self._all[term], 4)
+            close = difflib.get_close_matches(q, list(self._all), n=5, cutoff=0.75)
+            for rank, term in enumerate(close):  # most similar first
+                tiers.setdefault(self._all[term], 5 + rank / 10)
         if not tiers:
             return SearchResult(query, (), f"no class matches {query.strip()!r}")
         p = probabilities if probabilities is not None else [0.0] * len(self.names)
@@ -167,15 +169,18 @@ class ClassSearch:
 
 
 def _tier(q: str, term: str) -> int | None:
+    """How well ``term`` matches the query ``q``: 0 best, ``None`` not at all."""
     if term == q:
         return 0
-    if term.startswith(q):
+    if f" {q} " in f" {term} ":  # whole words: "cat" in "tiger cat" before "catamaran"
         return 1
+    if term.startswith(q):
+        return 2
     words = term.split()
     if all(any(w.startswith(part) for w in words) for part in q.split()):
-        return 2
-    if q in term:
         return 3
+    if q in term:
+        return 4
     return None
 
 
