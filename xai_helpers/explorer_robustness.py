@@ -144,10 +144,11 @@ def explore(
     kwargs: dict[str, Any] = {}
     if record is not None and record.reports_progress:
         kwargs["progress"] = progress if progress is not None else False
-    before = loaded.predict(P.to_input(loaded, picture))
+    x0 = P.to_input(loaded, picture)
+    probs_before = _probabilities(loaded, x0)
+    before = _top5(loaded, probs_before)
     target_index = before.top1[0] if target is None else loaded.class_index(target)
     if reference is None:
-        x0 = P.to_input(loaded, picture)
         reference = _as_map(explain_fn(loaded, x0, method, target_index, **kwargs))
 
     perturbed = P.swap_rgb_bgr(picture) if channels == "BGR" else picture
@@ -160,7 +161,7 @@ def explore(
     x = P.to_input(loaded, warped.array)
     heatmap = _as_map(explain_fn(loaded, x, method, target_index, **kwargs))
     aligned = P.unwarp(heatmap, warped.matrix, valid=warped.valid)
-    probs = P.class_probability(loaded, [picture, warped.array], target_index)
+    probs_after = _probabilities(loaded, x)  # one forward pass per picture, no more
     return Exploration(
         original=picture,
         perturbed=warped.array,
@@ -169,13 +170,26 @@ def explore(
         heatmap=heatmap,
         aligned=aligned.array,
         before=before,
-        after=loaded.predict(x),
+        after=_top5(loaded, probs_after),
         target=target_index,
-        p_before=float(probs[0]),
-        p_after=float(probs[1]),
+        p_before=float(probs_before[target_index]),
+        p_after=float(probs_after[target_index]),
         agreement=P.compare_maps(reference, aligned.array, aligned.valid),
         method=method,
         channels=channels,
+    )
+
+
+@torch.no_grad()
+def _probabilities(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(loaded.model(x).double(), dim=1)[0].cpu()
+
+
+def _top5(loaded: LoadedModel, probs: torch.Tensor) -> TopK:
+    values, indices = probs.topk(5)
+    names = loaded.class_names
+    return TopK(
+        tuple((int(i), names[int(i)], float(p)) for p, i in zip(values, indices, strict=True))
     )
 
 
