@@ -17,9 +17,11 @@ widgets, under the widget's lock, and only while its job is still the current on
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +131,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._pending = 0
+        _RUNNERS.add(self)
 
     @property
     def current(self) -> Job | None:
@@ -206,6 +209,21 @@ class Runner:
         while not job._ended.wait(self.tick):
             if self.on_tick is not None:
                 _safely(self.on_tick, job)
+
+
+_RUNNERS: weakref.WeakSet[Runner] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all(timeout: float = 5.0) -> None:
+    """At exit (a kernel shutting down), cancel the running jobs and give them a moment to stop:
+    a daemon thread killed inside a torch kernel aborts the process ("terminate called")."""
+    runners = list(_RUNNERS)
+    for runner in runners:
+        runner.cancel()
+    deadline = time.monotonic() + timeout
+    for runner in runners:
+        runner.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _safely(callback: Callable[..., None], *args: Any) -> None:

@@ -237,7 +237,9 @@ class ExplorerState:
         #: Held while the network runs: one computation at a time on the explorer's copy.
         self.lock = threading.Lock()
         self.sources: dict[str, Path | Image.Image] = {n: sample_path(n) for n in SAMPLE_NAMES}
-        self.labels: dict[str, str] = {n: f"{n}: {d}" for n, d in SAMPLE_NAMES.items()}
+        #: Short menu labels (never cut off); the description goes with the prediction table.
+        self.labels: dict[str, str] = {n: n for n in SAMPLE_NAMES}
+        self.descriptions: dict[str, str] = dict(SAMPLE_NAMES)
         self._inputs: dict[str, torch.Tensor] = {}
         self._views: dict[str, np.ndarray] = {}
         self._probs: dict[str, torch.Tensor] = {}
@@ -290,6 +292,7 @@ class ExplorerState:
             del self.maps[k]
         self.sources[key] = picture
         self.labels[key] = f"{key} ({picture.width}x{picture.height})"
+        self.descriptions[key] = f"your upload, {picture.width}x{picture.height} pixels"
         self._classify([key])
         return key
 
