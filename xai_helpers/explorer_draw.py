@@ -159,7 +159,7 @@ def status_html(text: str, kind: str = "done", note: str | None = None) -> str:
 
     ``text`` and ``note`` are plain text (escaped here); each is one line.
     """
-    icon = {"error": "⚠ ", "busy": "⏳ "}.get(kind, "")
+    icon = "⚠ " if kind == "error" else ""  # in every font; the band colour says the rest
     text, note = _escape(text), _escape(note) if note else None
     out = f"<div class='xai-msg xai-msg-{kind}'>{icon}{text}</div>"
     if note:

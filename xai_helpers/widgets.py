@@ -158,10 +158,10 @@ class Explorer(LiveWidget):
             value=method,
             description="method",
             style=LABEL,
-            layout=grow("11em", "11em"),
+            layout=fit(),
         )
         self.target = widgets.Dropdown(
-            description="class", style=LABEL, layout=grow("16em", "15em")
+            description="class", style=LABEL, layout=fit()
         )
         self.search = widgets.Combobox(
             options=s.search.options,
@@ -196,7 +196,7 @@ class Explorer(LiveWidget):
             style=LABEL,
             layout=grow("9em", "9em"),
         )
-        self.predictions = widgets.HTML(layout=widgets.Layout(flex="0 1 24em", min_width="16em"))
+        self.predictions = widgets.HTML(layout=widgets.Layout(flex="0 1 auto", min_width="16em"))
         css = widgets.HTML(draw.CSS, layout=widgets.Layout(display="none"))
         self.widget = widgets.VBox(
             [
@@ -204,7 +204,7 @@ class Explorer(LiveWidget):
                 widgets.HBox([self.image, self.upload], layout=row()),
                 widgets.HBox([self.method, self.target, self.search], layout=row()),
                 widgets.HBox([self.layer, self.opacity, self.colormap], layout=row()),
-                widgets.HBox([self.progress, self.cancel, self.status], layout=row()),
+                widgets.HBox([self.status, self.progress, self.cancel], layout=row()),
                 widgets.HBox(
                     [self.picture, self.predictions],
                     layout=widgets.Layout(
@@ -425,7 +425,7 @@ class Explorer(LiveWidget):
         probs = self.state.probabilities(choice.image)
         self.predictions.value = draw.prediction_table(
             self.loaded.name,
-            f"{choice.image} ({self.state.descriptions[choice.image]})",
+            f"{choice.image}: {self.state.descriptions[choice.image]}",
             probs,
             self.loaded.class_names,
             self.state.top_classes(choice.image),

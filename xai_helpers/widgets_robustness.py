@@ -92,7 +92,7 @@ class RobustnessExplorer(LiveWidget):
             value=method,
             description="method",
             style=LABEL,
-            layout=grow("11em", "11em"),
+            layout=fit(),
         )
         self.channels = widgets.ToggleButtons(
             options=["RGB", "BGR"],
@@ -163,7 +163,7 @@ class RobustnessExplorer(LiveWidget):
                 widgets.HBox([self.image, self.upload, self.method, self.channels], layout=row()),
                 widgets.HBox([self.angle, self.scale, self.mask_fraction], layout=row()),
                 widgets.HBox([self.text, self.text_size], layout=row()),
-                widgets.HBox([self.progress, self.cancel, self.status], layout=row()),
+                widgets.HBox([self.status, self.progress, self.cancel], layout=row()),
                 widgets.HBox([self.picture], layout=row()),
             ],
             layout=widgets.Layout(width="100%", overflow="visible"),
