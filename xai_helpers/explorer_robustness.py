@@ -161,7 +161,9 @@ def explore(
     x = P.to_input(loaded, warped.array)
     heatmap = _as_map(explain_fn(loaded, x, method, target_index, **kwargs))
     aligned = P.unwarp(heatmap, warped.matrix, valid=warped.valid)
-    probs_after = _probabilities(loaded, x)  # one forward pass per picture, no more
+    # one forward pass per picture (the probabilities of a batch of both, as computed before,
+    # differ in the 7th digit: float32 convolutions depend on the batch size)
+    probs_after = _probabilities(loaded, x)
     return Exploration(
         original=picture,
         perturbed=warped.array,
@@ -182,7 +184,8 @@ def explore(
 
 @torch.no_grad()
 def _probabilities(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(loaded.model(x).double(), dim=1)[0].cpu()
+    # float32 softmax, as LoadedModel.predict and perturb.class_probability compute it
+    return torch.softmax(loaded.model(x), dim=1)[0].double().cpu()
 
 
 def _top5(loaded: LoadedModel, probs: torch.Tensor) -> TopK:
