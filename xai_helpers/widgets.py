@@ -160,9 +160,7 @@ class Explorer(LiveWidget):
             style=LABEL,
             layout=fit(),
         )
-        self.target = widgets.Dropdown(
-            description="class", style=LABEL, layout=fit()
-        )
+        self.target = widgets.Dropdown(description="class", style=LABEL, layout=fit())
         self.search = widgets.Combobox(
             options=s.search.options,
             ensure_option=False,
