@@ -90,6 +90,7 @@ html_last_updated_fmt = None
 html_context = {"default_mode": "light"}
 # Search result summaries would be fetched from the pages, which browsers refuse on file://.
 html_show_search_summary = False
+html_domain_indices = False  # the module index would duplicate the API reference's table
 html_theme_options = {
     "home_page_in_toc": False,
     "show_navbar_depth": 1,
