@@ -2,10 +2,11 @@
 
 Builds a static website from the notebooks **as stored** (their outputs are the ones nbval
 checked; nothing is re-executed) with Sphinx, MyST-NB and the Sphinx Book Theme. The Sphinx
-configuration and the hand-written pages (landing page, API reference, references) live in
-``docs/``; this module lays out a source folder for Sphinx in a temporary directory and runs it:
+configuration and the book's own pages (landing page, API reference) live in ``docs/``; this
+module lays out a source folder for Sphinx in a temporary directory and runs it on it:
 
-* the pages of ``docs/`` and the README (the landing page includes its setup and test commands);
+* the pages of ``docs/`` and the README (the landing page includes its setup, test and book
+  commands);
 * every numbered notebook ``notebooks/NN_*.ipynb`` (learning order is the file-name order), with
   two presentation changes that a static page needs (:func:`prepare_notebook`): exercise
   solutions collapsed behind a toggle, and widgets replaced by what a page can show;
@@ -32,13 +33,14 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+#: the book's own pages in docs/ (other files there, such as AUTHORING.md, are not pages of it)
+BOOK_PAGES = ("index.md", "api.md")
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 PICTURES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
-#: a code cell that starts with this comment is an exercise's solution (the course's convention
-#: until the student-edition tooling tags cells ``solution``, which is recognised as well)
+#: a solution code cell starts with this comment (docs/AUTHORING.md); the cell tag ``solution``
+#: is recognised as well
 SOLUTION_COMMENT = re.compile(r"\A\s*#\s*Solution\b")
 SOLUTION_TAG = "solution"
 #: a check that grading runs but the student edition removes; it holds the expected values
@@ -199,8 +201,9 @@ def stage(source: Path, root: Path = ROOT) -> list[str]:
     found = chapters(notebooks)
     if not found:
         raise SystemExit(f"no notebooks named NN_name.ipynb in {notebooks}; nothing to build")
-    for page in (root / "docs").glob("*.md"):
-        shutil.copy2(page, source / page.name)
+    for name in BOOK_PAGES:
+        if (root / "docs" / name).is_file():
+            shutil.copy2(root / "docs" / name, source / name)
     (source / "_includes").mkdir()
     shutil.copy2(root / "README.md", source / "_includes" / "README.md")
     (source / "notebooks").mkdir()
@@ -281,6 +284,11 @@ def build_book(outdir: Path, root: Path = ROOT, quiet: bool = False) -> int:
                 f"book: Sphinx failed (exit {status}) after {seconds:.0f} s; see the warnings above"
             )
             return status
+        # the pages' download button offers the notebook as the course stores it, not the
+        # copy prepared for the page (folding tags, widgets replaced)
+        for path in chapters(root / "notebooks"):
+            if (site / "_sources" / "notebooks" / path.name).is_file():
+                shutil.copy2(path, site / "_sources" / "notebooks" / path.name)
         if outdir.exists():
             shutil.rmtree(outdir)
         shutil.copytree(site, outdir)

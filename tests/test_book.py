@@ -267,6 +267,14 @@ def test_every_page_is_built(site: Path):
         "course.py book",
     ):
         assert command in landing, command
+    # the download button of a chapter gives the notebook as the course stores it
+    for path in book.chapters(NOTEBOOKS):
+        download = site / "_sources" / "notebooks" / path.name
+        assert download.read_bytes() == path.read_bytes(), path.name
+        assert (
+            f"_sources/notebooks/{path.name}"
+            in (site / "notebooks" / f"{path.stem}.html").read_text()
+        )
     # every chapter is in the table of contents, in learning order
     toc = [
         m
