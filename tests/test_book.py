@@ -525,6 +525,13 @@ def test_the_book_in_a_browser(site: Path):
                     page.wait_for_timeout(300)
                     page.screenshot(path=str(shots / f"book-{name}.png"))
 
+            # the API reference: the docstrings' LaTeX is typeset too
+            page.goto((site / "api" / "xai_helpers.cams.html").as_uri())
+            _typeset(page)
+            assert page.locator("mjx-container svg").count() > 10, "API: no math"
+            raw = RAW_TEX.search(page.evaluate(_PROSE_JS))
+            assert raw is None, f"API: raw TeX on the page: {raw.group(0)!r}"
+
             # search works offline (the index is a script beside the pages)
             page.goto((site / "search.html").as_uri() + "?q=Grad-CAM%2B%2B")
             page.wait_for_selector("#search-results ul.search li", timeout=30_000)
@@ -539,3 +546,10 @@ def test_the_book_in_a_browser(site: Path):
             browser.close()
     assert not outside, f"the book tried to reach the network: {outside[:10]}"
     assert not errors, f"errors in the pages: {errors[:10]}"
+
+
+def test_raw_tex_is_recognised():
+    for raw in (r"\frac{a}{b}", r"\(x\)", "$$x$$", "the weights $w_k$ here", r"\mathrm{ReLU}"):
+        assert RAW_TEX.search(raw), raw
+    for prose in ("costs 5 $ a month", "Grad-CAM++ (eq. 19)", "a \\ b"):
+        assert RAW_TEX.search(prose) is None, prose
