@@ -30,7 +30,6 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx_copybutton",
-    "sphinx_togglebutton",
 ]
 # The references page exists once notebooks/references.bib does: book.py then writes it (one
 # bibliography entry per key, each under a label equal to the key, so that the notebooks' links

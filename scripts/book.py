@@ -50,10 +50,7 @@ STILL_NOTE = (
     "*A still picture of an interactive widget: its controls are live when you run this "
     "notebook in JupyterLab.*"
 )
-NO_PICTURE_NOTE = (
-    "*An interactive widget is shown here when you run this notebook in JupyterLab "
-    "(no still picture of it was stored).*"
-)
+NO_PICTURE_NOTE = "*An interactive widget: it appears when you run this notebook in JupyterLab.*"
 
 
 def chapters(notebooks: Path) -> list[Path]:
