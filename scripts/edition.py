@@ -1,4 +1,4 @@
-"""The student edition and grading: ``course.py student``, ``course.py grade``, ``course.py references``.
+"""Student edition and grading: ``course.py student``, ``grade`` and ``references``.
 
 A thin adapter over Otter-Grader (``otter assign`` builds the student notebook and the autograder,
 ``otter run`` grades one notebook locally: no Docker, no server, no database). The instructor
@@ -7,7 +7,7 @@ module turns those marks into Otter's raw delimiter cells, runs Otter, and tidie
 (our tags, widget state). The exercise format, in short::
 
     **Exercise N.** (P points) ...     markdown question (or "(ungraded)")
-    # Solution N                       code, tags solution + hide-input, Otter's "# SOLUTION" markers
+    # Solution N                       code, tags solution + hide-input, "# SOLUTION" markers
     <details>...</details>             optional markdown, tag solution
     # Check N  /  # Check N (hidden)   code, asserts only
 
@@ -36,7 +36,8 @@ COMPANION_FILES = ("glossary.md", "references.md", "references.bib")
 
 SOLUTION_TAG, HIDE_INPUT_TAG = "solution", "hide-input"
 QUESTION = re.compile(
-    r"^\s*\*\*Exercise (?P<n>\d+)\.\*\*\s*\((?:(?P<points>\d+(?:\.\d+)?) points?|(?P<ungraded>ungraded))\)"
+    r"^\s*\*\*Exercise (?P<n>\d+)\.\*\*\s*"
+    r"\((?:(?P<points>\d+(?:\.\d+)?) points?|(?P<ungraded>ungraded))\)"
 )
 ANY_QUESTION = re.compile(r"\*\*Exercise \d+\.?\*\*")
 SOLUTION_HEADER = re.compile(r"^#\s*Solution (\d+)\s*$")
@@ -102,7 +103,10 @@ def parse_exercises(nb, where: str = "notebook") -> list[Exercise]:
             if n != len(exercises) + 1:
                 fail(i, f"exercise {n} follows exercise {len(exercises)}; number them 1, 2, 3 ...")
             if "<details>" in cell.source or len(ANY_QUESTION.findall(cell.source)) > 1:
-                fail(i, "one question per cell; solution prose goes into its own cell tagged solution")
+                fail(
+                    i,
+                    "one question per cell; solution prose goes into its own cell tagged solution",
+                )
             points = None if question["ungraded"] else float(question["points"])
             current = Exercise(n, points, i)
             exercises.append(current)
@@ -112,15 +116,13 @@ def parse_exercises(nb, where: str = "notebook") -> list[Exercise]:
             n = int((solution or check).group(1))
             kind = "solution" if solution else "check"
             if current is None or current.number != n:
-                state = "ended" if n in closed else "not started"
+                state = "ended: its checks come last" if n in closed else "not started"
                 fail(i, f"{kind} of exercise {n} outside it (exercise {n} has {state} here)")
             if solution:
                 if not {SOLUTION_TAG, HIDE_INPUT_TAG} <= set(_tags(cell)):
                     fail(i, "a solution cell has the tags 'solution' and 'hide-input'")
                 if not MARKER.search(cell.source):
                     fail(i, "mark the lines to remove with '# SOLUTION' or '# BEGIN/END SOLUTION'")
-                if current.checks:
-                    fail(i, "checks come after every solution cell")
                 current.solutions.append(i)
             else:
                 current.checks.append(i)
@@ -130,9 +132,7 @@ def parse_exercises(nb, where: str = "notebook") -> list[Exercise]:
             if cell.cell_type != "markdown":
                 fail(i, "a code cell tagged solution starts with '# Solution N'")
             if current is None:
-                fail(i, "solution prose outside an exercise")
-            if current.checks:
-                fail(i, "checks come after every solution cell")
+                fail(i, "solution prose outside an exercise (or after its checks, which come last)")
             current.solutions.append(i)
         elif cell.cell_type == "code" and re.match(r"#\s*Solution\b", first):
             fail(i, "a solution cell starts with '# Solution N' on a line of its own")
@@ -265,7 +265,7 @@ def clear_notebook(nb):
 
 
 def build_student_edition(outdir: Path, notebooks: list[Path] | None = None) -> int:
-    """Write the student edition of ``notebooks`` (default: all) and the companion files to ``outdir``."""
+    """Write the student edition of ``notebooks`` (default: all) and its companion files."""
     from notebook_tools import all_notebooks
 
     outdir = Path(outdir)
@@ -287,7 +287,9 @@ def build_student_edition(outdir: Path, notebooks: list[Path] | None = None) -> 
             nbformat.write(student, outdir / path.name)
             graded = [ex for ex in exercises if ex.points is not None]
             points = sum(ex.points for ex in graded)
-            print(f"{path.name}: {len(exercises)} exercises ({len(graded)} graded, {points:g} points)")
+            print(
+                f"{path.name}: {len(exercises)} exercises ({len(graded)} graded, {points:g} points)"
+            )
     for name in COMPANION_FILES:
         if (NOTEBOOKS / name).is_file():
             shutil.copy(NOTEBOOKS / name, outdir / name)
