@@ -407,17 +407,9 @@ def references_markdown(bib: Path = NOTEBOOKS / "references.bib") -> str:
         "the anchor is the BibTeX key in `references.bib`.",
         "",
     ]
+    # pybtex's plain style already turns doi, eprint and url into links
     for entry in sorted(style.format_entries(data.entries.values()), key=lambda e: e.key):
-        fields = data.entries[entry.key].fields
-        text = entry.text.render(backend)
-        links = []
-        if "doi" in fields:
-            links.append(f"[doi:{fields['doi']}](https://doi.org/{fields['doi']})")
-        if "eprint" in fields:
-            links.append(f"[arXiv:{fields['eprint']}](https://arxiv.org/abs/{fields['eprint']})")
-        if "url" in fields and not links:
-            links.append(f"<{fields['url']}>")
-        lines += [f"### {entry.key}", "", text + (" " + " · ".join(links) if links else ""), ""]
+        lines += [f"### {entry.key}", "", entry.text.render(backend), ""]
     return "\n".join(lines)
 
 
