@@ -16,6 +16,7 @@ module turns those marks into Otter's raw delimiter cells, runs Otter, and tidie
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import io
@@ -259,6 +260,25 @@ def finish_student(nb):
     return nb
 
 
+def check_stubs(nb, where: str = "notebook") -> None:
+    """Every stub of a student notebook is valid Python (a marker can leave a bare block behind)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not cell.source.startswith(STUDENT_HEADER.split("{")[0]):
+            continue
+        # IPython magics and shell escapes are not Python; blank them out before parsing
+        lines = [
+            "" if line.lstrip()[:1] in ("%", "!") else line for line in cell.source.split("\n")
+        ]
+        try:
+            ast.parse("\n".join(lines))
+        except SyntaxError as err:
+            raise FormatError(
+                f"{where}: the student's stub {cell.source.splitlines()[0]!r} is not valid Python "
+                f"({err.msg}, line {err.lineno}); a '# SOLUTION' on a line that opens a block "
+                "(with, for, def) leaves the block empty: use '# BEGIN/END SOLUTION' around it"
+            ) from None
+
+
 def clear_notebook(nb):
     """A notebook without exercises, as the student edition ships it: outputs cleared."""
     return finish_student(copy.deepcopy(nb))
@@ -282,6 +302,11 @@ def build_student_edition(outdir: Path, notebooks: list[Path] | None = None) -> 
             if exercises:
                 built = assign(path, Path(tmp) / path.stem)
                 student = finish_student(nbformat.read(built.student, as_version=4))
+                try:
+                    check_stubs(student, where=path.name)
+                except FormatError as err:
+                    print(f"FAILED {err}", file=sys.stderr)
+                    return 1
             else:
                 student = clear_notebook(nb)
             nbformat.write(student, outdir / path.name)

@@ -157,6 +157,14 @@ def test_format_errors_name_the_problem(bad, message):
         edition.parse_exercises(cells(*bad))
 
 
+def test_a_stub_that_is_not_python_is_refused():
+    student = cells(
+        ("code", "# Exercise 1: your answer (replace each ... with your code)\n...\n    ...", ()),
+    )
+    with pytest.raises(edition.FormatError, match="BEGIN/END SOLUTION"):
+        edition.check_stubs(student)
+
+
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
 def test_course_notebooks_follow_the_format(path):
     nb = read(path)
