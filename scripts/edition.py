@@ -284,31 +284,38 @@ def clear_notebook(nb):
     return finish_student(copy.deepcopy(nb))
 
 
+def student_notebook(path: Path, workdir: Path):
+    """The student edition of one instructor notebook and its exercises; FormatError if invalid."""
+    nb = nbformat.read(path, as_version=4)
+    exercises = parse_exercises(nb, where=path.name)
+    if not exercises:
+        return clear_notebook(nb), exercises
+    built = assign(path, workdir)
+    student = finish_student(nbformat.read(built.student, as_version=4))
+    check_stubs(student, where=path.name)
+    return student, exercises
+
+
 def build_student_edition(outdir: Path, notebooks: list[Path] | None = None) -> int:
-    """Write the student edition of ``notebooks`` (default: all) and its companion files."""
+    """Write the student edition of ``notebooks`` (default: all) and its companion files.
+
+    A notebook that breaks the exercise format is left out (never copied with its solutions) and
+    named; the return code is then 1, so a partial edition cannot pass unnoticed.
+    """
     from notebook_tools import all_notebooks
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p).resolve() for p in (notebooks or all_notebooks())]
+    left_out = []
     with tempfile.TemporaryDirectory(prefix="student-") as tmp:
         for path in paths:
-            nb = nbformat.read(path, as_version=4)
             try:
-                exercises = parse_exercises(nb, where=path.name)
+                student, exercises = student_notebook(path, Path(tmp) / path.stem)
             except FormatError as err:
-                print(f"FAILED {err}", file=sys.stderr)
-                return 1
-            if exercises:
-                built = assign(path, Path(tmp) / path.stem)
-                student = finish_student(nbformat.read(built.student, as_version=4))
-                try:
-                    check_stubs(student, where=path.name)
-                except FormatError as err:
-                    print(f"FAILED {err}", file=sys.stderr)
-                    return 1
-            else:
-                student = clear_notebook(nb)
+                print(f"LEFT OUT {err}", file=sys.stderr)
+                left_out.append(path.name)
+                continue
             nbformat.write(student, outdir / path.name)
             graded = [ex for ex in exercises if ex.points is not None]
             points = sum(ex.points for ex in graded)
@@ -318,7 +325,10 @@ def build_student_edition(outdir: Path, notebooks: list[Path] | None = None) -> 
     for name in COMPANION_FILES:
         if (NOTEBOOKS / name).is_file():
             shutil.copy(NOTEBOOKS / name, outdir / name)
-    print(f"student edition: {len(paths)} notebooks in {outdir}")
+    print(f"student edition: {len(paths) - len(left_out)} notebooks in {outdir}")
+    if left_out:
+        print(f"left out (not in the format of docs/AUTHORING.md): {', '.join(left_out)}")
+        return 1
     return 0
 
 

@@ -157,6 +157,21 @@ def test_format_errors_name_the_problem(bad, message):
         edition.parse_exercises(cells(*bad))
 
 
+def test_a_notebook_in_the_old_form_is_left_out_and_fails_the_build(tmp_path, capsys):
+    old = tmp_path / "old_form.ipynb"
+    nbformat.write(
+        cells(
+            ("md", "**Exercise 1.** Define `x`.", ()),
+            ("code", "# Solution 1\nx = 2  # the answer", ()),
+        ),
+        old,
+    )
+    out = tmp_path / "student"
+    assert edition.build_student_edition(out, [old, FIXTURE]) == 1
+    assert "LEFT OUT old_form.ipynb" in capsys.readouterr().err
+    assert not (out / old.name).exists() and (out / FIXTURE.name).exists()
+
+
 def test_a_stub_that_is_not_python_is_refused():
     student = cells(
         ("code", "# Exercise 1: your answer (replace each ... with your code)\n...\n    ...", ()),
