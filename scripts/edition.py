@@ -7,7 +7,7 @@ module turns those marks into Otter's raw delimiter cells, runs Otter, and tidie
 (our tags, widget state). The exercise format, in short::
 
     **Exercise N.** (P points) ...     markdown question (or "(ungraded)")
-    # Solution N                       code, tags solution + hide-input, "# SOLUTION" markers
+    # Solution N                       code, tags solution + hide-cell, "# SOLUTION" markers
     <details>...</details>             optional markdown, tag solution
     # Check N  /  # Check N (hidden)   code, asserts only
 
@@ -35,7 +35,7 @@ NOTEBOOKS = ROOT / "notebooks"
 # shipped with the student edition: what the notebooks link to
 COMPANION_FILES = ("glossary.md", "references.md", "references.bib")
 
-SOLUTION_TAG, HIDE_INPUT_TAG = "solution", "hide-input"
+SOLUTION_TAG, HIDE_TAG = "solution", "hide-cell"  # hide-cell: the book folds input and output
 QUESTION = re.compile(
     r"^\s*\*\*Exercise (?P<n>\d+)\.\*\*\s*"
     r"\((?:(?P<points>\d+(?:\.\d+)?) points?|(?P<ungraded>ungraded))\)"
@@ -120,8 +120,8 @@ def parse_exercises(nb, where: str = "notebook") -> list[Exercise]:
                 state = "ended: its checks come last" if n in closed else "not started"
                 fail(i, f"{kind} of exercise {n} outside it (exercise {n} has {state} here)")
             if solution:
-                if not {SOLUTION_TAG, HIDE_INPUT_TAG} <= set(_tags(cell)):
-                    fail(i, "a solution cell has the tags 'solution' and 'hide-input'")
+                if not {SOLUTION_TAG, HIDE_TAG} <= set(_tags(cell)):
+                    fail(i, "a solution cell has the tags 'solution' and 'hide-cell'")
                 if not MARKER.search(cell.source):
                     fail(i, "mark the lines to remove with '# SOLUTION' or '# BEGIN/END SOLUTION'")
                 current.solutions.append(i)
@@ -247,7 +247,7 @@ def finish_student(nb):
         for key in ("execution", "jupyter", "collapsed", "scrolled"):
             meta.pop(key, None)
         if "tags" in meta:
-            meta["tags"] = [t for t in meta["tags"] if t not in (SOLUTION_TAG, HIDE_INPUT_TAG)]
+            meta["tags"] = [t for t in meta["tags"] if t not in (SOLUTION_TAG, HIDE_TAG)]
             if not meta["tags"]:
                 del meta["tags"]
         if cell.cell_type == "code":
@@ -257,6 +257,11 @@ def finish_student(nb):
                 rest = cell.source.lstrip().split("\n", 1)[1:]
                 cell.source = "\n".join([STUDENT_HEADER.format(n=header.group(1)), *rest])
     nb.cells = [c for c in nb.cells if c.cell_type == "code" or c.source.strip()]
+    # Otter puts its init cell first; the title and objectives read better above it
+    if nb.cells and nb.cells[0].source.startswith("# Initialize Otter"):
+        init = nb.cells.pop(0)
+        first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), 0)
+        nb.cells.insert(first_code, init)
     return nb
 
 

@@ -125,7 +125,7 @@ def cells(*specs):
 
 GOOD = [
     ("md", "**Exercise 1.** (2 points) Define `x`.", ()),
-    ("code", "# Solution 1\nx = 2  # SOLUTION", ("solution", "hide-input")),
+    ("code", "# Solution 1\nx = 2  # SOLUTION", ("solution", "hide-cell")),
     ("code", "# Check 1\nassert x > 1", ()),
 ]
 
@@ -141,7 +141,7 @@ def test_the_fixture_follows_the_format():
     [
         ([("md", "**Exercise 1.** Define `x`.", ())] + GOOD[1:], "(P points)"),
         ([GOOD[0], ("code", "# Solution 1\nx = 2  # SOLUTION", ()), GOOD[2]], "tags"),
-        ([GOOD[0], ("code", "# Solution 1\nx = 2", ("solution", "hide-input")), GOOD[2]], "mark"),
+        ([GOOD[0], ("code", "# Solution 1\nx = 2", ("solution", "hide-cell")), GOOD[2]], "mark"),
         ([GOOD[0], GOOD[1], ("code", "# Check 1 (hidden)\nassert x == 2", ())], "visible"),
         ([GOOD[0], GOOD[2], GOOD[1]], "solution of exercise 1 outside it (exercise 1 has ended"),
         (GOOD + [("md", "text", ()), ("code", "# Check 1\nassert x", ())], "has ended"),
@@ -196,6 +196,7 @@ def test_course_notebooks_follow_the_format(path):
 def test_student_edition_builds_with_stubs_and_checks(student_dir):
     nb = read(student_dir / FIXTURE.name)
     sources = [c.source for c in nb.cells]
+    assert sources[0].startswith("# Fixture") and sources[1].startswith("# Initialize Otter")
     assert sources.count('grader.check("exercise_1")') == 1
     stub1 = next(s for s in sources if s.startswith("# Exercise 1: your answer"))
     assert "total = ..." in stub1  # the name the check needs survives, its value does not
@@ -223,7 +224,7 @@ def test_nothing_of_a_solution_reaches_the_student_edition(student_dir, instruct
     nb = read(student_dir / instructor.name)
     assert "widgets" not in nb.metadata
     for cell in nb.cells:
-        assert not {"solution", "hide-input"} & set(cell.metadata.get("tags", []))
+        assert not {"solution", "hide-cell", "hide-input"} & set(cell.metadata.get("tags", []))
         assert "attachments" not in cell or cell.cell_type == "markdown"
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
