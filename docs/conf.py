@@ -44,7 +44,7 @@ templates_path = [str(DOCS / "_templates")]  # absolute: autosummary resolves it
 exclude_patterns = ["_build", "_includes", "**.ipynb_checkpoints"]
 #: The appendix of the table of contents: these pages, in this order, where this build has them
 #: (the glossary and the references exist once their files do); see _appendix below.
-APPENDIX = ["notebooks/glossary", "notebooks/references", "api"]
+APPENDIX = ["notebooks/glossary", "notebooks/references", "api", "docs/AUTHORING"]
 APPENDIX_MARKER = "<!-- appendix -->"
 # The glossary's terms are `### term` headings right under its title (docs/AUTHORING.md: one
 # anchor scheme for JupyterLab, GitHub and the book), which MyST would report as a skipped level.

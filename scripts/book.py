@@ -2,11 +2,12 @@
 
 Builds a static website from the notebooks **as stored** (their outputs are the ones nbval
 checked; nothing is re-executed) with Sphinx, MyST-NB and the Sphinx Book Theme. The Sphinx
-configuration and the book's own pages (landing page, API reference) live in ``docs/``; this
-module lays out a source folder for Sphinx in a temporary directory and runs it on it:
+configuration and the book's pages (landing page, API reference, and the authoring guide) live
+in ``docs/``; this module lays out a source folder for Sphinx in a temporary directory and runs
+it on it:
 
-* the pages of ``docs/`` and the README (the landing page includes its setup, test and book
-  commands);
+* the pages of ``docs/`` and the README (the landing page includes its sections from the setup
+  to the book: setup, instructors' tools, tests);
 * every numbered notebook ``notebooks/NN_*.ipynb`` (learning order is the file-name order), with
   two presentation changes that a static page needs (:func:`prepare_notebook`): exercise
   solutions collapsed behind a toggle, and widgets replaced by what a page can show;
@@ -33,8 +34,10 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the book's own pages in docs/ (other files there, such as AUTHORING.md, are not pages of it)
-BOOK_PAGES = ("index.md", "api.md")
+#: the pages that docs/ gives the book, and where each goes in it; the authoring guide keeps its
+#: repository path, so that the README's links to docs/AUTHORING.md (included in the landing
+#: page) resolve in the book too
+BOOK_PAGES = {"index.md": "index.md", "api.md": "api.md", "AUTHORING.md": "docs/AUTHORING.md"}
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -198,9 +201,10 @@ def stage(source: Path, root: Path = ROOT) -> list[str]:
     found = chapters(notebooks)
     if not found:
         raise SystemExit(f"no notebooks named NN_name.ipynb in {notebooks}; nothing to build")
-    for name in BOOK_PAGES:
+    for name, target in BOOK_PAGES.items():
         if (root / "docs" / name).is_file():
-            shutil.copy2(root / "docs" / name, source / name)
+            (source / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / "docs" / name, source / target)
     (source / "_includes").mkdir()
     shutil.copy2(root / "README.md", source / "_includes" / "README.md")
     (source / "notebooks").mkdir()

@@ -256,6 +256,8 @@ def test_every_page_is_built(site: Path):
         expected.append("notebooks/glossary")
     if (NOTEBOOKS / "references.bib").is_file():
         expected.append("notebooks/references")
+    if (REPO / "docs" / "AUTHORING.md").is_file():
+        expected.append("docs/AUTHORING")
     missing = [name for name in expected if not (site / f"{name}.html").is_file()]
     assert not missing, f"pages missing from the book: {missing}"
     # the landing page shows the README's setup and test commands
