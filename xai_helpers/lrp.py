@@ -13,13 +13,13 @@ Relevance Propagation: An Overview" (in *Explainable AI*, LNCS 11700, 2019, Sec.
 with :math:`j` the inputs and :math:`k` the outputs of an affine layer (index 0 the bias), and a
 choice of the weight map :math:`\rho` and the increment :math:`\epsilon`:
 
-=================  =====================================  ===========================
-rule               :math:`\rho(w)`                         :math:`\epsilon`
-=================  =====================================  ===========================
-LRP-0              :math:`w`                               0
-LRP-:math:`\epsilon`  :math:`w`                            :math:`\epsilon > 0`
-LRP-:math:`\gamma`    :math:`w + \gamma w^+`               0 (or small)
-=================  =====================================  ===========================
+====================  ==========================  ===========================
+rule                  :math:`\rho(w)`             :math:`\epsilon`
+====================  ==========================  ===========================
+LRP-0                 :math:`w`                   0
+LRP-:math:`\epsilon`  :math:`w`                   :math:`\epsilon > 0`
+LRP-:math:`\gamma`    :math:`w + \gamma w^+`      0 (or small)
+====================  ==========================  ===========================
 
 Each rule is computed with the "four-line gradient trick" (Sec. 10.2.2): forward with the
 :math:`\rho`-weights, divide the upper relevance by the result, take the gradient, multiply by
