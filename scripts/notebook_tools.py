@@ -3,7 +3,19 @@
 ``execute`` runs each notebook top to bottom on a fresh kernel (nbclient, the engine behind
 ``jupyter nbconvert --execute``) and stores it the way JupyterLab writes it (nbformat's
 serialisation, the installed kernel's display name, no per-cell timing metadata), so that
-opening a stored notebook in JupyterLab changes nothing.
+opening a stored notebook in JupyterLab changes nothing. What a reader without a live kernel
+sees is decided here too (:func:`store_outputs`):
+
+* a widget output that carries a still picture (the explorers do) is stored as that picture:
+  GitHub, nbviewer, the course website and an untrusted JupyterLab all show it, with its note
+  "run the cells to use the controls"; running the cell brings the live widget back;
+* a tqdm widget bar is stored as the text of its final state (not ``0%| 0/454``), one that
+  was hidden at the end (``leave=False``) not at all; text bars (:mod:`xai_helpers.progress`)
+  keep their last line, since carriage returns are resolved;
+* no widget state is stored in the notebook's metadata: nothing is left that needs it, and
+  JupyterLab would rewrite it on every save;
+* any other widget output is stored as it is and reported, because what GitHub shows of it is
+  the widget's raw repr (``VBox(children=...``): give it a still picture.
 
 ``timings`` runs each notebook under nbval, exactly as the README's test command does, inside
 ``/usr/bin/time -v``, and records the wall time and the peak resident memory of the largest
@@ -13,6 +25,7 @@ the markers ``<!-- timings:start -->`` and ``<!-- timings:end -->``.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import platform
@@ -22,6 +35,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -67,6 +81,7 @@ def execute_notebooks(paths: list[Path], timeout: int = 600) -> int:
             kernel_name=KERNEL,
             resources={"metadata": {"path": str(path.parent)}},
             record_timing=False,
+            coalesce_streams=True,  # one stream per cell, carriage returns resolved
         )
         start = time.perf_counter()
         try:
@@ -79,10 +94,93 @@ def execute_notebooks(paths: list[Path], timeout: int = 600) -> int:
             "language": "python",
             "name": KERNEL,
         }
+        for warning in store_outputs(nb):
+            print(f"warning: {path.name}: {warning}")
         nbformat.validate(nb)
         nbformat.write(nb, path)
-        print(f"executed {path.relative_to(ROOT)} in {time.perf_counter() - start:.0f} s")
+        print(f"executed {_shown(path)} in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+STILLS = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+def store_outputs(nb: Any) -> list[str]:
+    """Make an executed notebook readable without a kernel; return warnings (see the module
+    docstring). Changes ``nb`` in place and removes ``metadata.widgets``."""
+    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    warnings = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and not output.text.strip():
+                continue  # an erased text bar (leave=False)
+            data = output.get("data", {})
+            if WIDGET_VIEW not in data:
+                kept.append(output)
+                continue
+            model = state.get(data[WIDGET_VIEW].get("model_id", ""), {}).get("state", {})
+            if any(kind in data for kind in STILLS):
+                del data[WIDGET_VIEW]
+            elif _is_progress_bar(model, state):
+                if _hidden(model, state):
+                    continue
+                data.clear()
+                data["text/plain"] = _progress_text(model, state)
+            else:
+                name = model.get("_view_name") or "a widget"
+                warnings.append(
+                    f"cell {index} stores {name} without a still picture; GitHub will show "
+                    "its raw repr (give the object a _repr_mimebundle_ with an image)"
+                )
+            kept.append(output)
+        cell.outputs = kept
+    return warnings
+
+
+def _children(model: dict[str, Any], state: dict[str, Any]) -> list[dict[str, Any]]:
+    ids = [c.removeprefix("IPY_MODEL_") for c in model.get("children", [])]
+    return [state.get(i, {}).get("state", {}) for i in ids]
+
+
+def _is_progress_bar(model: dict[str, Any], state: dict[str, Any]) -> bool:
+    """tqdm's widget bar: an HBox of (HTML, a progress bar, HTML)."""
+    kinds = [c.get("_model_name") for c in _children(model, state)]
+    return (
+        model.get("_model_name") == "HBoxModel"
+        and len(kinds) == 3
+        and kinds[0] == kinds[2] == "HTMLModel"
+        and kinds[1] in ("FloatProgressModel", "IntProgressModel")
+    )
+
+
+def _hidden(model: dict[str, Any], state: dict[str, Any]) -> bool:
+    layout = state.get(str(model.get("layout", "")).removeprefix("IPY_MODEL_"), {})
+    style = layout.get("state", {})
+    return style.get("visibility") == "hidden" or style.get("display") == "none"
+
+
+def _progress_text(model: dict[str, Any], state: dict[str, Any]) -> str:
+    """The bar's last state as text: ``desc: 100%|##########| 454/454 [00:12<00:00]``."""
+    left, bar, right = _children(model, state)
+    value, top = float(bar.get("value", 0)), float(bar.get("max", 1)) or 1.0
+    filled = round(10 * min(max(value / top, 0.0), 1.0))
+    text = f"{_plain(left.get('value', ''))}|{'#' * filled}{' ' * (10 - filled)}|"
+    return f"{text}{_plain(right.get('value', ''))}".strip()
+
+
+def _plain(value: str) -> str:
+    # tqdm pads with figure spaces (U+2007) and non-breaking spaces in its HTML
+    text = html.unescape(re.sub(r"<[^>]+>", "", value))
+    return text.replace("\u2007", " ").replace("\xa0", " ")
 
 
 def _time_one(path: Path) -> dict[str, object]:
