@@ -406,17 +406,16 @@ def fuse_layer_cams(
 ) -> torch.Tensor:
     r"""Fuse LayerCAM maps of several layers (Jiang et al. 2021, hierarchical fusion).
 
-    Shallow layers give small values, so each map is first scaled,
-    :math:`\hat L = \tanh(\gamma\, L / \max L)` with :math:`\gamma = 2` (the paper's
-    scaling, its Eq. 9 as torchcam cites it; a map that is zero everywhere stays zero),
-    upsampled bilinearly to ``size``, and the maps are combined by their element-wise maximum
-    (as torchcam's ``LayerCAM.fuse_cams``, which scales min-max normalised maps: the same for
-    maps whose minimum is 0).
+    Shallow layers give small values, so each map is first min-max normalised and scaled,
+    :math:`\hat L = \tanh(\gamma\, s(L))` with :math:`\gamma = 2` (the paper's scaling, its
+    Eq. 9 as torchcam cites it), upsampled bilinearly to ``size``, and the maps are combined
+    by their element-wise maximum: torchcam's ``LayerCAM.fuse_cams`` (the authors' released
+    code computes one layer at a time and fuses nothing).
 
     Parameters
     ----------
     maps:
-        The non-negative maps ``low_res`` (N, h_l, w_l) of each layer.
+        The maps ``low_res`` (N, h_l, w_l) of each layer.
     size:
         (H, W) of the fused map.
     """
@@ -424,9 +423,7 @@ def fuse_layer_cams(
         raise CamError("fuse_layer_cams needs at least one map")
     fused = None
     for low_res in maps:
-        peak = low_res.flatten(1).amax(dim=1).view(-1, 1, 1)
-        scaled = torch.tanh(gamma * low_res / torch.where(peak > 0, peak, torch.ones_like(peak)))
-        up = upsample(scaled, size)
+        up = upsample(torch.tanh(gamma * normalize_per_image(low_res)), size)
         fused = up if fused is None else torch.maximum(fused, up)
     return fused
 
