@@ -1,6 +1,7 @@
 """Error classes shared by several modules (each module re-exports its own).
 
 Every error of the package is a ``ValueError`` whose message names the problem and the fix.
+:class:`LrpError` is raised by every module of :mod:`xai_helpers.lrp`.
 A box is used by the metrics and by the perturbations, so a :class:`BoxError` is both a
 :class:`MetricError` and a :class:`PerturbationError`: ``except MetricError`` around a metric
 still catches a malformed box.
@@ -8,7 +9,11 @@ still catches a malformed box.
 
 from __future__ import annotations
 
-__all__ = ["BoxError", "MetricError", "PerturbationError"]
+__all__ = ["BoxError", "LrpError", "MetricError", "PerturbationError"]
+
+
+class LrpError(ValueError):
+    """LRP was asked for something it cannot do: an unknown layer, rule, target or input."""
 
 
 class MetricError(ValueError):
