@@ -297,7 +297,11 @@ def test_ablation_cam_vs_pytorch_grad_cam(lite0, cat_x) -> None:
     ours = cams.ablation_cam(lite0, cat_x[:1], 282, layer="blocks.1", progress=False)
     stock = library(AblationCAM, lite0.model, lite0.model.blocks[1], cat_x[:1], [282])
     zero = library(
-        AblationCAM, lite0.model, lite0.model.blocks[1], cat_x[:1], [282],
+        AblationCAM,
+        lite0.model,
+        lite0.model.blocks[1],
+        cat_x[:1],
+        [282],
         ablation_layer=ZeroAblation(),
     )
     np.testing.assert_allclose(ours.upsampled.numpy(), zero, atol=1e-5)
@@ -310,8 +314,12 @@ def test_ablation_cam_progress_and_shared_passes(tiny, xs) -> None:
     handle = tiny.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     try:
         both = cams.ablation_cam(
-            tiny, xs[:1].expand(2, -1, -1, -1), target=[1, 4], layer="features.3",
-            batch_size=2, progress=lambda done, total: seen.append((done, total)),
+            tiny,
+            xs[:1].expand(2, -1, -1, -1),
+            target=[1, 4],
+            layer="features.3",
+            batch_size=2,
+            progress=lambda done, total: seen.append((done, total)),
         )
     finally:
         handle.remove()

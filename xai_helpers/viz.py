@@ -44,6 +44,7 @@ from .maps import normalize_per_image, upsample
 __all__ = [
     "Scale",
     "color_limits",
+    "draw_boxes",
     "grey_image",
     "normalize_map",
     "overlay",
@@ -270,6 +271,38 @@ def show_map(
     if title:
         ax.set_title(title)
     ax.set_axis_off()
+    return ax
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes: Mapping[str, Sequence[float]] | Sequence[Sequence[float]],
+    color: str = "white",
+    linewidth: float = 1.5,
+    fontsize: float = 10,
+) -> Axes:
+    """Outline boxes ``(left, top, right, bottom)`` on an image drawn with ``imshow``, labelled.
+
+    ``boxes`` is ``{label: box}`` (e.g. ``xai_helpers.boxes.sample_boxes(name, loaded)``, boxes in
+    the picture the model sees) or a list of boxes (no labels). Box edges are pixel edges
+    (right and bottom exclusive) and ``imshow`` centres pixel ``i`` at ``i``, so the outline
+    starts half a pixel before ``left`` and ``top``: it encloses exactly the pixels
+    :func:`xai_helpers.boxes.boxes_to_mask` counts as inside.
+    """
+    items = boxes.items() if isinstance(boxes, Mapping) else [(None, b) for b in boxes]
+    for label, (left, top, right, bottom) in items:
+        ax.add_patch(
+            plt.Rectangle(
+                (left - 0.5, top - 0.5),
+                right - left,
+                bottom - top,
+                fill=False,
+                edgecolor=color,
+                linewidth=linewidth,
+            )
+        )
+        if label is not None:
+            ax.text(left + 2, top + 2, label, color=color, fontsize=fontsize, va="top")
     return ax
 
 
