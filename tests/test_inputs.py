@@ -95,6 +95,8 @@ def test_a_few_nan_values_are_counted() -> None:
     x[0, 1, 2, 2] = float("inf")
     with pytest.raises(InputError, match="contains 1 NaN or inf values"):
         check_batch(x)
+    huge = torch.full((1, 3, 4, 4), 3e38)  # finite values whose sum overflows: accepted
+    assert check_batch(huge) is huge
 
 
 def test_channels_without_a_convolution() -> None:

@@ -111,9 +111,10 @@ def check_batch(
         )
     if param is not None and x.device != param.device:
         x = x.to(param.device)
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    # One reduction finds any NaN or inf (they make the sum non-finite); only then, rarely
+    # (a sum that overflows), the element-wise test.
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
         what = "is all NaN or inf" if bad == x.numel() else f"contains {bad} NaN or inf values"
         raise error(
             f"x {what}; an explanation of it would mean nothing: check the preprocessing "

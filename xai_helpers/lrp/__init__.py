@@ -21,6 +21,9 @@ LRP-:math:`\epsilon`  :math:`w`                            :math:`\epsilon > 0`
 LRP-:math:`\gamma`    :math:`w + \gamma w^+`               0 (or small)
 =================  =====================================  ===========================
 
+(LRP-:math:`\gamma` as the code runs it is generalised to inputs and outputs of either sign;
+:class:`Gamma` states exactly where it differs from this table's :math:`\rho`.)
+
 Each rule is computed with the "four-line gradient trick" (Sec. 10.2.2): forward with the
 :math:`\rho`-weights, divide the upper relevance by the result, take the gradient, multiply by
 the input. Activations (ReLU, ReLU6) pass relevance through unchanged; pooling layers distribute
