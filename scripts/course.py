@@ -4,6 +4,7 @@
     python scripts/course.py timings [NOTEBOOK ...]   time each notebook under nbval; update README
     python scripts/course.py student OUTDIR           build the student edition
     python scripts/course.py grade NOTEBOOK           grade one filled-in student notebook
+    python scripts/course.py references               write notebooks/references.md from the .bib
     python scripts/course.py book OUTDIR              build the course website
 
 Each subcommand lives in a module of its own next to this file; this one only dispatches.
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("grade", help="grade one filled-in student notebook; prints score: X/Y")
     p.add_argument("notebook", type=Path)
 
+    sub.add_parser("references", help="write notebooks/references.md from notebooks/references.bib")
+
     p = sub.add_parser("book", help="build the course website from the stored notebooks")
     p.add_argument("outdir", type=Path)
 
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from edition import grade_notebook
 
         return grade_notebook(args.notebook)
+    if args.command == "references":
+        from edition import write_references
+
+        return write_references()
     if args.command == "book":
         from book import build_book
 

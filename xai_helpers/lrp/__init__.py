@@ -13,13 +13,13 @@ Relevance Propagation: An Overview" (in *Explainable AI*, LNCS 11700, 2019, Sec.
 with :math:`j` the inputs and :math:`k` the outputs of an affine layer (index 0 the bias), and a
 choice of the weight map :math:`\rho` and the increment :math:`\epsilon`:
 
-=================  =====================================  ===========================
-rule               :math:`\rho(w)`                         :math:`\epsilon`
-=================  =====================================  ===========================
-LRP-0              :math:`w`                               0
-LRP-:math:`\epsilon`  :math:`w`                            :math:`\epsilon > 0`
-LRP-:math:`\gamma`    :math:`w + \gamma w^+`               0 (or small)
-=================  =====================================  ===========================
+====================  ==========================  ===========================
+rule                  :math:`\rho(w)`             :math:`\epsilon`
+====================  ==========================  ===========================
+LRP-0                 :math:`w`                   0
+LRP-:math:`\epsilon`  :math:`w`                   :math:`\epsilon > 0`
+LRP-:math:`\gamma`    :math:`w + \gamma w^+`      0 (or small)
+====================  ==========================  ===========================
 
 (LRP-:math:`\gamma` as the code runs it is generalised to inputs and outputs of either sign;
 :class:`Gamma` states exactly where it differs from this table's :math:`\rho`.)
