@@ -1,30 +1,29 @@
-"""What a removed pixel becomes: one vocabulary of baselines for every perturbation.
+r"""What a removed pixel becomes: one vocabulary of baselines for every perturbation.
 
 Deletion and insertion curves, Average Drop, occlusion, masking curves and Score-CAM's baseline
 all replace pixels by "nothing". Which nothing is a choice that changes the numbers, so it is
 always named, with these names, everywhere:
 
-================  ==========================================================================
-name              the removed pixel becomes
-================  ==========================================================================
-``"black"``       RGB (0, 0, 0). In a normalised batch that is :math:`-\\mu/\\sigma` per
-                  channel, so it needs the model's normalisation (``mean``, ``std``).
-``"dataset_mean"``  the training set's mean colour, the normalisation's :math:`\\mu`: the
-                  all-zero *normalised* tensor (mid-grey for EfficientNet-Lite, whose
-                  :math:`\\mu = \\sigma = 0.5`; what masking a normalised tensor, ``x * mask``,
-                  does).
-``"image_mean"``  each image's own mean colour, per channel.
-``"blur"``        a Gaussian blur of the image (detail removed, colours and low frequencies
-                  kept; Petsiuk et al.'s insertion baseline).
-================  ==========================================================================
+``"black"``
+    RGB (0, 0, 0). In a normalised batch that is :math:`-\mu/\sigma` per channel, so it
+    needs the model's normalisation (``mean``, ``std``).
+``"dataset_mean"``
+    The training set's mean colour, the normalisation's :math:`\mu`: the all-zero
+    *normalised* tensor (mid-grey for EfficientNet-Lite, whose :math:`\mu = \sigma = 0.5`);
+    what masking a normalised tensor, ``x * mask``, does.
+``"image_mean"``
+    Each image's own mean colour, per channel.
+``"blur"``
+    A Gaussian blur of the image (detail removed, colours and low frequencies kept; Petsiuk et
+    al.'s insertion baseline).
 
 Two spaces, one vocabulary: :func:`baseline_batch` works on normalised network batches
 ``(N, 3, H, W)`` (the metrics, Score-CAM), :func:`baseline_picture` on the pictures the network
 sees, ``(H, W, 3)`` in [0, 1] (the perturbations). Their blurs are the ones each space has
 always used (kept so that no number changes): in a batch torchvision's ``gaussian_blur`` with a
-kernel of :math:`2\\lceil 2\\sigma\\rceil + 1` pixels, reflect padding, default
-:math:`\\sigma = 5` (RISE's); on a picture scipy's ``gaussian_filter`` (truncated at
-:math:`4\\sigma`, reflect mode), default :math:`\\sigma = 8`.
+kernel of :math:`2\lceil 2\sigma\rceil + 1` pixels, reflect padding, default
+:math:`\sigma = 5` (RISE's); on a picture scipy's ``gaussian_filter`` (truncated at
+:math:`4\sigma`, reflect mode), default :math:`\sigma = 8`.
 
 The old names are accepted with a ``DeprecationWarning``: in the metrics ``"zeros"`` meant the
 dataset mean (now ``"dataset_mean"``), in the perturbations it meant black (now ``"black"``);

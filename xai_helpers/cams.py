@@ -681,6 +681,12 @@ def score_cam(
     :math:`\mathrm{ReLU}(\sum_k (w_k - c) A^k) \ne \mathrm{ReLU}(\sum_k w_k A^k)`: dropping
     :math:`f(X_b)` changes the map (by :math:`c \sum_k A^k`, which is not constant).
 
+    A constant channel gives an all-zero mask, hence the input :math:`X_b` (``0 * x`` without
+    a baseline); all such channels share one forward pass (exact: they see the same input).
+    Identical images in the batch (the same image explained for several classes) share all
+    their passes, since one pass scores every class. No gradients are computed; the masked
+    inputs go through the model in batches of ``batch_size``.
+
     Parameters
     ----------
     batch_size:
@@ -704,11 +710,6 @@ def score_cam(
         a masked-out pixel becomes :math:`X_b`, :math:`X_b + H^k \circ (X - X_b)`, and
         :math:`f(X_b)` (one more forward pass per image) is subtracted from every score.
 
-    A constant channel gives an all-zero mask, hence the input :math:`X_b` (``0 * x`` without
-    a baseline); all such channels share one forward pass (exact: they see the same input).
-    Identical images in the batch (the same image explained for several classes) share all
-    their passes, since one pass scores every class. No gradients are computed; the masked
-    inputs go through the model in batches of ``batch_size``.
     """
     if variant not in ("probability", "softmax_logits"):
         raise CamError(f"variant must be 'probability' or 'softmax_logits', not {variant!r}")
