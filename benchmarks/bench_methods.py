@@ -5,14 +5,18 @@
 
 For each device (CPU; CUDA too when available), model (EfficientNet-Lite0 with its real weights;
 ResNet50 and VGG16 with random weights, ``weights=None``: the same shapes and cost), batch size
-(1 and 8; the batch of 8 holds 8 distinct images) and method (CAM, Grad-CAM, Grad-CAM++,
-Score-CAM, LRP), every library explains the same input for the same classes (each image's top-1
-class). Per call: median wall time (one warm-up call, then interleaved timed calls, see
-``harness.py``), peak extra memory, and how far the maps agree (CAMs are normalised to [0, 1]:
-largest absolute difference and smallest per-image correlation; LRP: largest difference divided
-by the largest |relevance|). The ratios are **ours / theirs: below 1 we are faster or leaner**.
-For Grad-CAM and Grad-CAM++ the bare model is a contender too: one forward pass and one backward
-pass to the input (``model alone``). The references run with their defaults (pytorch-grad-cam's
+(1 and 8; the batch of 8 holds 8 distinct images) and method (every method of the registry,
+``xai_helpers.registry.METHODS``; the reference implementations are a table keyed by method
+name, ``REFERENCES``, and a method without one is timed alone), every library explains the
+same input for the same classes (each image's top-1 class). Per call: median wall time (one
+warm-up call, then interleaved timed calls, see ``harness.py``), peak extra memory, and how far
+the maps agree (CAMs are normalised to [0, 1]: largest absolute difference and smallest
+per-image correlation; LRP: largest difference divided by the largest |relevance|). The ratios
+are **ours / theirs: below 1 we are faster or leaner**.
+
+For the gradient CAM methods (Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM; one interleaved group)
+the bare model is a contender too: one forward pass and one backward pass to the input
+(``model alone``). The references run with their defaults (pytorch-grad-cam's
 Score-CAM: batches of 16 masked images, its fastest of 16/32/64 on the 2-core CPU; torchcam's:
 32), except that pytorch-grad-cam's Score-CAM masks are upsampled with ``align_corners=False``
 like ours, so that both compute the same map (``--full`` adds it as shipped).
@@ -36,7 +40,6 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # zennit_reference
@@ -47,23 +50,25 @@ from harness import (  # noqa: E402
     agreement,
     constant_maps,
     machine_line,
-    run_group,
     time_ratio,
 )
+from harness import run_group as measure_group  # noqa: E402
 
-from xai_helpers.cams import cam, grad_cam, grad_cam_pp, score_cam  # noqa: E402
 from xai_helpers.images import sample_path  # noqa: E402
-from xai_helpers.lrp import build_network, lrp, pixel_bounds  # noqa: E402
+from xai_helpers.lrp import build_network, pixel_bounds  # noqa: E402
+from xai_helpers.maps import normalize_per_image, upsample  # noqa: E402
+from xai_helpers.metrics import MEMORY_FLOOR_MIB  # noqa: E402
 from xai_helpers.models import LoadedModel, load_model  # noqa: E402
+from xai_helpers.registry import METHODS as REGISTRY  # noqa: E402
+from xai_helpers.registry import Method  # noqa: E402
 
 MODELS = ("efficientnet_lite0", "resnet50", "vgg16")
 SHORT = {"efficientnet_lite0": "Lite0", "resnet50": "ResNet50", "vgg16": "VGG16"}
-METHODS = ("CAM", "Grad-CAM", "Grad-CAM++", "Score-CAM", "LRP")
+#: The methods measured: every method of the registry, by name, in learning order.
+METHODS = tuple(REGISTRY)
 OURS = "xai_helpers"
 ALONE = "model alone (fwd+bwd)"
 RESULTS = Path(__file__).resolve().parent / "results"
-# Peak memory below this, on both sides, is within the noise of the RSS sampler on the CPU.
-MEMORY_FLOOR_MIB = 10.0
 # The classifier layer torchcam's CAM reads its weights from; VGG16 has no GAP -> Linear head.
 FC_LAYER = {"efficientnet_lite0": "classifier", "resnet50": "fc"}
 
@@ -110,11 +115,9 @@ def make_input(lm: LoadedModel, batch: int) -> torch.Tensor:
 
 
 def upsample_normalise(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """torchcam returns maps at feature resolution: bring them to the input size, in [0, 1]."""
-    up = F.interpolate(low_res[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    flat = up.flatten(1)
-    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-    return (up - lo) / (hi - lo).clamp(min=1e-12)
+    """torchcam returns maps at feature resolution: bring them to the input size, in [0, 1]
+    (with the package's own upsampling and normalisation, so both sides are treated alike)."""
+    return normalize_per_image(upsample(low_res, size))
 
 
 @contextlib.contextmanager
@@ -129,63 +132,73 @@ def quiet() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def cam_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
-    from torchcam.methods import CAM as TcCAM
-
-    model, layer, size = lm.model, lm.cam_layer, tuple(x.shape[-2:])
-
-    def torchcam() -> torch.Tensor:
-        with TcCAM(model, layer, FC_LAYER[lm.name]) as extractor:
-            with torch.inference_mode():
-                model(x)
-            maps = extractor(class_idx=t)[0]
-        return upsample_normalise(maps, size)
-
-    return [
-        Contender(OURS, lambda: cam(lm, x, t).upsampled, model),
-        Contender("torchcam", torchcam, model),
-    ]
+#: Keyword arguments of our call per method: Score-CAM in the variant the references compute,
+#: Eigen-CAM centred as pytorch-grad-cam's, no progress bars.
+OUR_KWARGS: dict[str, dict[str, object]] = {
+    "score_cam": {"variant": "softmax_logits", "progress": False},
+    "ablation_cam": {"progress": False},
+    "eigen_cam": {"center": True},
+}
 
 
-def gradient_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from torchcam.methods import GradCAM as TcGradCAM
-    from torchcam.methods import GradCAMpp as TcGradCAMpp
+def ours(method: Method, lm: LoadedModel, x: torch.Tensor, t: list[int]) -> Contender:
+    """Our method through its registry record, as ``explain`` calls it."""
+    kwargs = OUR_KWARGS.get(method.name, {})
+    return Contender(f"{OURS} {method.name}", lambda: method.fn(lm, x, t, **kwargs), lm.model)
 
-    model, size = lm.model, tuple(x.shape[-2:])
-    module = dict(model.named_modules())[lm.cam_layer]
-    targets = [ClassifierOutputTarget(c) for c in t]
+
+def model_alone(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> Contender:
+    """One forward pass and one backward pass to the input: the floor of a gradient method."""
     index = torch.tensor(t, device=x.device)[:, None]
 
-    def pgc(cls: type) -> Callable[[], object]:
-        def run() -> object:
-            with cls(model=model, target_layers=[module]) as method:
-                return method(input_tensor=x, targets=targets)
-
-        return run
-
-    def torchcam(cls: type) -> Callable[[], torch.Tensor]:
-        def run() -> torch.Tensor:
-            with cls(model, lm.cam_layer) as extractor:
-                maps = extractor(class_idx=t, scores=model(x))[0]
-            return upsample_normalise(maps, size)
-
-        return run
-
-    def model_alone() -> None:
+    def run() -> None:
         xg = x.detach().requires_grad_(True)
-        torch.autograd.grad(model(xg).gather(1, index).sum(), xg)
+        torch.autograd.grad(lm.model(xg).gather(1, index).sum(), xg)
 
-    return [
-        Contender(f"{OURS} grad_cam", lambda: grad_cam(lm, x, t).upsampled, model),
-        Contender("pytorch-grad-cam GradCAM", pgc(GradCAM), model),
-        Contender("torchcam GradCAM", torchcam(TcGradCAM), model),
-        Contender(f"{OURS} grad_cam_pp", lambda: grad_cam_pp(lm, x, t).upsampled, model),
-        Contender("pytorch-grad-cam GradCAMPlusPlus", pgc(GradCAMPlusPlus), model),
-        Contender("torchcam GradCAMpp", torchcam(TcGradCAMpp), model),
-        Contender(ALONE, model_alone, model),
-    ]
+    return Contender(ALONE, run, lm.model)
+
+
+def pgc(cls_name: str, lm: LoadedModel, x: torch.Tensor, t: list[int], **attrs) -> Contender:
+    """A pytorch-grad-cam method on the model's CAM layer (``attrs`` set on the instance)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = getattr(pytorch_grad_cam, cls_name)
+    module = dict(lm.model.named_modules())[lm.cam_layer]
+    targets = [ClassifierOutputTarget(c) for c in t]
+
+    # their Score-CAM and Ablation-CAM draw a tqdm bar per image on stderr
+    silence = quiet if cls_name in ("ScoreCAM", "AblationCAM") else contextlib.nullcontext
+
+    def run() -> object:
+        with cls(model=lm.model, target_layers=[module]) as method, silence():
+            for key, value in attrs.items():
+                setattr(method, key, value)
+            return method(input_tensor=x, targets=targets)
+
+    return Contender(f"pytorch-grad-cam {cls_name}", run, lm.model)
+
+
+def torchcam(cls_name: str, lm: LoadedModel, x: torch.Tensor, t: list[int]) -> Contender:
+    """A torchcam extractor on the model's CAM layer, its maps upsampled and normalised."""
+    import torchcam.methods
+
+    cls = getattr(torchcam.methods, cls_name)
+    model, size = lm.model, tuple(x.shape[-2:])
+    uses_scores = cls_name not in ("CAM", "ScoreCAM")
+
+    def run() -> torch.Tensor:
+        args = (model, lm.cam_layer) + ((FC_LAYER[lm.name],) if cls_name == "CAM" else ())
+        with cls(*args) as extractor:
+            if uses_scores:
+                maps = extractor(class_idx=t, scores=model(x))[0]
+            else:
+                with torch.inference_mode():
+                    model(x)
+                maps = extractor(class_idx=t)[0]
+        return upsample_normalise(maps, size)
+
+    return Contender(f"torchcam {cls_name}", run, model)
 
 
 @contextlib.contextmanager
@@ -207,46 +220,37 @@ PGC_SAME_MAP = "pytorch-grad-cam, masks align_corners=False"
 PGC_STOCK = "pytorch-grad-cam as shipped"
 
 
-def score_cam_contenders(
-    lm: LoadedModel, x: torch.Tensor, t: list[int], pgc_batch: int | None, stock: bool
+def score_cam_references(
+    lm: LoadedModel, x: torch.Tensor, t: list[int], args: argparse.Namespace
 ) -> list[Contender]:
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from torchcam.methods import ScoreCAM as TcScoreCAM
 
-    model, size = lm.model, tuple(x.shape[-2:])
-    module = dict(model.named_modules())[lm.cam_layer]
+    module = dict(lm.model.named_modules())[lm.cam_layer]
     targets = [ClassifierOutputTarget(c) for c in t]
 
-    def ours() -> torch.Tensor:
-        return score_cam(lm, x, t, variant="softmax_logits", progress=False).upsampled
-
-    def pgc(same_masks: bool) -> Callable[[], object]:
+    def run_pgc(same_masks: bool) -> Callable[[], object]:
         def run() -> object:
             patch = masks_like_ours() if same_masks else contextlib.nullcontext()
-            with ScoreCAM(model=model, target_layers=[module]) as method, quiet(), patch:
-                if pgc_batch is not None:
-                    method.batch_size = pgc_batch
+            with ScoreCAM(model=lm.model, target_layers=[module]) as method, quiet(), patch:
+                if args.pgc_score_batch is not None:
+                    method.batch_size = args.pgc_score_batch
                 return method(input_tensor=x, targets=targets)
 
         return run
 
-    def torchcam() -> torch.Tensor:
-        with TcScoreCAM(model, lm.cam_layer) as extractor:  # its default batch_size=32
-            with torch.inference_mode():
-                model(x)
-            maps = extractor(class_idx=t)[0]
-        return upsample_normalise(maps, size)
-
+    stock = [Contender(PGC_STOCK, run_pgc(same_masks=False), lm.model)] if args.full else []
     return [
-        Contender(OURS, ours, model),
-        Contender(PGC_SAME_MAP, pgc(same_masks=True), model),
-        Contender("torchcam", torchcam, model),
-    ] + ([Contender(PGC_STOCK, pgc(same_masks=False), model)] if stock else [])
+        Contender(PGC_SAME_MAP, run_pgc(same_masks=True), lm.model),
+        torchcam("ScoreCAM", lm, x, t),  # its default batch_size=32
+        *stock,
+    ]
 
 
-def lrp_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Contender]:
-    """Our ``lrp`` (epsilon-gamma-box) and zennit configured for the same rules.
+def lrp_references(
+    lm: LoadedModel, x: torch.Tensor, t: list[int], args: argparse.Namespace
+) -> list[Contender]:
+    """zennit configured for the same rules as our ``lrp`` (epsilon-gamma-box).
 
     zennit's model preparation (a copy with BatchNorm merged for Lite0; with BatchNorm's epsilon
     moved for ResNet50) is done once, outside the timed call, as a zennit user would reuse it;
@@ -263,10 +267,33 @@ def lrp_contenders(lm: LoadedModel, x: torch.Tensor, t: list[int]) -> list[Conte
         relevance = zennit_lrp(zmodel, x, target, rules, extra, canonizers, low=low, high=high)
         return relevance.sum(dim=1)
 
-    return [
-        Contender(OURS, lambda: lrp(lm, x, target).relevance, lm.model),
-        Contender("zennit", zennit, zmodel),
-    ]
+    return [Contender("zennit", zennit, zmodel)]
+
+
+References = Callable[[LoadedModel, torch.Tensor, list[int], argparse.Namespace], list[Contender]]
+
+#: The reference implementations of each method, keyed by its registry name. A registered
+#: method that is not here is timed alone.
+REFERENCES: dict[str, References] = {
+    "cam": lambda lm, x, t, a: [torchcam("CAM", lm, x, t)],
+    "grad_cam": lambda lm, x, t, a: [pgc("GradCAM", lm, x, t), torchcam("GradCAM", lm, x, t)],
+    "grad_cam_pp": lambda lm, x, t, a: [
+        pgc("GradCAMPlusPlus", lm, x, t),
+        torchcam("GradCAMpp", lm, x, t),
+    ],
+    "score_cam": score_cam_references,
+    "lrp": lrp_references,
+    "xgrad_cam": lambda lm, x, t, a: [pgc("XGradCAM", lm, x, t), torchcam("XGradCAM", lm, x, t)],
+    "layer_cam": lambda lm, x, t, a: [pgc("LayerCAM", lm, x, t), torchcam("LayerCAM", lm, x, t)],
+    "eigen_cam": lambda lm, x, t, a: [pgc("EigenCAM", lm, x, t)],
+    # its default batch of 32 ablated copies, each through the whole network
+    "ablation_cam": lambda lm, x, t, a: [pgc("AblationCAM", lm, x, t)],
+}
+
+
+def is_gradient_cam(method: Method) -> bool:
+    """Gradient CAM methods share one interleaved group with the bare model's pass."""
+    return method.family == "cam" and method.needs_gradients
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +312,13 @@ def rows_for(
     device, model, batch = key
     dead = constant_maps(ours.output) if not relative else 0
     rows = []
+    if not references:  # no reference implementation: timed alone
+        nan = float("nan")
+        note = "no reference implementation: timed alone"
+        return [
+            Row(device, model, batch, method, "–", ours.seconds, nan, len(ours.times), 0, nan,
+                ours.peak_mib, nan, nan, nan, note)
+        ]
     for ref in references:
         if ref.output is None:
             diff, corr = float("nan"), float("nan")
@@ -315,64 +349,70 @@ def rows_for(
     return rows
 
 
+#: What each difference in the agreement columns comes from, by method name and reference.
 NOTES = {
-    "CAM": {
-        "torchcam": "its CAM has no ReLU before the normalisation (ours has, like Grad-CAM): "
+    "cam": {
+        "torchcam CAM": "its CAM has no ReLU before the normalisation (ours has, like Grad-CAM): "
         "maps differ where a map has negative parts",
     },
-    "Grad-CAM++": {
+    "grad_cam_pp": {
         "pytorch-grad-cam GradCAMPlusPlus": "its eps=1e-6 in the alpha denominator is the size "
         "of g^2 here (notebook 03)",
         "torchcam GradCAMpp": "torchcam 0.5 bug: `alpha[mask].div_()` divides a copy, so its "
         "alpha is g^2 undivided",
     },
-    "Score-CAM": {
+    "score_cam": {
         PGC_SAME_MAP: "its nn.UpsamplingBilinear2d swapped for align_corners=False",
         PGC_STOCK: "its masks are upsampled with align_corners=True (notebook 04)",
-        "torchcam": "it normalises each mask before upsampling, we after",
+        "torchcam ScoreCAM": "it normalises each mask before upsampling, we after",
     },
-    "LRP": {"zennit": "same rules (tests/zennit_reference.py)"},
+    "lrp": {"zennit": "same rules (tests/zennit_reference.py)"},
+    "xgrad_cam": {"pytorch-grad-cam XGradCAM": "its eps=1e-7 in the activation sums"},
+    "eigen_cam": {
+        "pytorch-grad-cam EigenCAM": "ours with center=True like theirs; they keep LAPACK's sign "
+        "of v1, so a map can be the other half of the projection (a low or negative corr)",
+    },
+    "ablation_cam": {
+        "pytorch-grad-cam AblationCAM": "it runs the whole network on every ablated copy; ours "
+        "the layers above the CAM layer (a control row checks the logits)",
+    },
 }
 
 
-def run_method(
-    method: str,
+def run_group(
+    methods: list[Method],
     lm: LoadedModel,
     x: torch.Tensor,
     t: list[int],
     key: tuple[str, str, int],
     args: argparse.Namespace,
 ) -> list[Row]:
-    def measure(contenders: list[Contender]) -> dict[str, Measurement]:
-        return run_group(contenders, lm.device, args.repeats, args.budget, args.slow)
-
-    notes = NOTES.get(method, {})
-    if method == "CAM":
-        res = measure(cam_contenders(lm, x, t))
-        return rows_for(key, method, res[OURS], [res["torchcam"]], notes)
-    if method in ("Grad-CAM", "Grad-CAM++"):  # they share one interleaved group
-        res = measure(gradient_contenders(lm, x, t))
-        rows = []
-        for name, pgc, tc in (
-            ("Grad-CAM", "pytorch-grad-cam GradCAM", "torchcam GradCAM"),
-            ("Grad-CAM++", "pytorch-grad-cam GradCAMPlusPlus", "torchcam GradCAMpp"),
-        ):
-            ours = res[f"{OURS} {'grad_cam' if name == 'Grad-CAM' else 'grad_cam_pp'}"]
-            rows += rows_for(key, name, ours, [res[pgc], res[tc], res[ALONE]], NOTES.get(name, {}))
-        return rows
-    if method == "Score-CAM":
-        res = measure(score_cam_contenders(lm, x, t, args.pgc_score_batch, args.full))
-        refs = [name for name in res if name != OURS]
-        rows = rows_for(key, method, res[OURS], [res[name] for name in refs], notes)
-        n = x.shape[0]  # unmasked images: one pass each; torchcam's baseline pass is a second
-        for row, ref in zip(rows, refs, strict=True):
-            masked = res[ref].forward_images - n * (2 if ref == "torchcam" else 1)
-            row.note += f"; masked images: ours {res[OURS].forward_images - n}, theirs {masked}"
-        return rows
-    if method == "LRP":
-        res = measure(lrp_contenders(lm, x, t))
-        return rows_for(key, method, res[OURS], [res["zennit"]], notes, relative=True)
-    raise ValueError(method)
+    """Measure ``methods`` and their references in one interleaved group (plus the bare model
+    when they are gradient methods); one row per method and reference."""
+    contenders, references = [], {}
+    for method in methods:
+        refs = REFERENCES.get(method.name, lambda *_: [])(lm, x, t, args)
+        references[method.name] = [c.library for c in refs]
+        contenders += [ours(method, lm, x, t), *refs]
+    if all(is_gradient_cam(m) for m in methods):
+        contenders.append(model_alone(lm, x, t))
+        for names in references.values():
+            names.append(ALONE)
+    res = measure_group(contenders, lm.device, args.repeats, args.budget, args.slow)
+    rows = []
+    for method in methods:
+        mine = res[f"{OURS} {method.name}"]
+        refs = [res[name] for name in references[method.name]]
+        new = rows_for(
+            key, method.label, mine, refs, NOTES.get(method.name, {}), relative=method.signed
+        )
+        if method.name == "score_cam":
+            n = x.shape[0]  # unmasked images: one pass each; torchcam's baseline pass is a second
+            for row, ref in zip(new, refs, strict=True):
+                masked = ref.forward_images - n * (2 if ref.library.startswith("torchcam") else 1)
+                row.note += f"; masked images: ours {mine.forward_images - n}, theirs {masked}"
+        rows += new
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,14 +421,20 @@ def run_method(
 
 
 def skip_reason(model: str, batch: int, method: str, full: bool) -> str | None:
-    if method == "CAM" and model == "vgg16":
+    if method == "cam" and model == "vgg16":
         return "VGG16 has no GAP -> Linear head, so CAM does not apply (torchcam refuses too)"
-    if method == "Score-CAM" and not full and (model != "efficientnet_lite0" or batch != 1):
+    if method == "score_cam" and not full and (model != "efficientnet_lite0" or batch != 1):
         return (
             "Score-CAM runs only for Lite0 at batch 1 by default: pytorch-grad-cam and torchcam "
             "need one forward pass per channel and image (Lite0 1280, ResNet50 2048, VGG16 512 "
             "channels), 1-2 min per image here, and up to 2 GiB per image for pytorch-grad-cam's "
             "masked batch; --full runs them all"
+        )
+    if method == "ablation_cam" and not full and (model != "efficientnet_lite0" or batch != 1):
+        return (
+            "Ablation-CAM runs only for Lite0 at batch 1 by default: pytorch-grad-cam runs the "
+            "whole network once per channel and image (minutes per image here); --full runs "
+            "them all"
         )
     return None
 
@@ -422,6 +468,10 @@ def fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
 
 
+def ratio(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.2f}"
+
+
 HEADER = (
     "| device | model | batch | method | reference | ours (s) | theirs (s) | time ours/theirs "
     "| ours (MiB) | theirs (MiB) | memory ours/theirs | max diff | min corr | note |"
@@ -435,7 +485,7 @@ def markdown_table(rows: list[Row]) -> str:
             f"| {r.device} | {SHORT[r.model]} | {r.batch} | {r.method} | {r.reference} "
             f"| {fmt(r.ours_s)}{'¹' if r.ours_runs == 1 else ''} "
             f"| {fmt(r.ref_s)}{'¹' if r.ref_runs == 1 else ''} "
-            f"| **{r.time_ratio:.2f}** | {fmt(r.ours_mib, 4)} | {fmt(r.ref_mib, 4)} "
+            f"| **{ratio(r.time_ratio)}** | {fmt(r.ours_mib, 4)} | {fmt(r.ref_mib, 4)} "
             f"| {fmt(r.mem_ratio)} | {fmt(r.max_diff, 2)} | {fmt(r.correlation, 6)} | {r.note} |"
         )
     return "\n".join(lines)
@@ -462,7 +512,8 @@ def summary_table(rows: list[Row]) -> str:
     cases: dict[tuple[str, str, int], dict[str, list[Row]]] = {}
     for r in rows:
         cases.setdefault((r.device, r.model, r.batch), {}).setdefault(r.method, []).append(r)
-    methods = [m for m in METHODS if any(m in c for c in cases.values())]
+    labels = [m.label for m in REGISTRY.values()]
+    methods = [m for m in labels if any(m in c for c in cases.values())]
     lines = [
         "| device | model | batch | " + " | ".join(methods) + " |",
         "|---|---|---:|" + "---|" * len(methods),
@@ -474,7 +525,10 @@ def summary_table(rows: list[Row]) -> str:
             if not rs:
                 cells.append("–")
                 continue
-            libs = [r for r in rs if r.reference != ALONE and r.reference != PGC_STOCK]
+            libs = [r for r in rs if r.reference not in (ALONE, PGC_STOCK, "–")]
+            if not libs:
+                cells.append(f"{fmt(rs[0].ours_s)} s, no reference")
+                continue
             fastest = min(libs, key=lambda r: r.ref_s)
             cell = f"**{fastest.time_ratio:.2f}** {abbreviate(fastest.reference)}"
             cell += "".join(f", {r.time_ratio:.2f} alone" for r in rs if r.reference == ALONE)
@@ -493,7 +547,9 @@ def targets(rows: list[Row]) -> list[str]:
         by_case.setdefault((r.device, r.model, r.batch, r.method), []).append(r)
     for (device, model, batch, method), rs in by_case.items():
         case = f"{device} {SHORT[model]} b{batch} {method}"
-        libs = [r for r in rs if r.reference != ALONE]
+        libs = [r for r in rs if r.reference not in (ALONE, "–")]
+        if not libs:
+            continue  # timed alone: no target
         if method in ("Grad-CAM", "Grad-CAM++"):
             fastest = min(libs, key=lambda r: r.ref_s)
             alone = next(r for r in rs if r.reference == ALONE)
@@ -551,7 +607,7 @@ def write_results(
         "## Summary",
         "",
         "Time ratio against the faster library (tc: torchcam, pgc: pytorch-grad-cam), for "
-        "Grad-CAM and Grad-CAM++ also against one forward and backward pass of the bare model "
+        "the gradient CAM methods also against one forward and backward pass of the bare model "
         "(alone); memory ratio against the library that uses least.",
         "",
         summary_table(rows),
@@ -582,7 +638,13 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every combination (Score-CAM!)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=METHODS,
+        help="registry names (default: every registered method)",
+    )
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=7, help="most timed calls per contender")
@@ -613,24 +675,31 @@ def main() -> None:
                 x = make_input(lm, batch)
                 t = warm_up(lm, x)
                 key = (device.type, name, batch)
-                for method in args.methods:
-                    if method == "Grad-CAM++" and "Grad-CAM" in args.methods:
-                        continue  # measured in the Grad-CAM group
-                    both = method == "Grad-CAM" and "Grad-CAM++" in args.methods
-                    case = f"{device.type} {SHORT[name]} batch {batch} {method}"
-                    case += " and Grad-CAM++" if both else ""
-                    reason = skip_reason(name, batch, method, args.full)
-                    if reason:
-                        skipped.setdefault(reason, []).append(f"{SHORT[name]} b{batch}")
-                        print(f"[skip] {case}: {reason}", flush=True)
-                        continue
-                    print(f"[{since_start():6.0f} s] {case}", flush=True)
-                    new = run_method(method, lm, x, t, key, args)
-                    rows += [r for r in new if r.method in args.methods]
+                selected = [REGISTRY[m] for m in args.methods]
+                groups = [[m for m in selected if is_gradient_cam(m)]]
+                groups += [[m] for m in selected if not is_gradient_cam(m)]
+                for group in filter(None, groups):
+                    measured = []
+                    for method in group:
+                        case = f"{device.type} {SHORT[name]} batch {batch} {method.label}"
+                        reason = skip_reason(name, batch, method.name, args.full)
+                        if reason:
+                            skipped.setdefault(reason, []).append(f"{SHORT[name]} b{batch}")
+                            print(f"[skip] {case}: {reason}", flush=True)
+                        else:
+                            measured.append(method)
+                    if measured:
+                        labels = " and ".join(m.label for m in measured)
+                        case = f"{device.type} {SHORT[name]} batch {batch} {labels}"
+                        print(f"[{since_start():6.0f} s] {case}", flush=True)
+                        rows += run_group(measured, lm, x, t, key, args)
             del lm
     notes = [f"{', '.join(cases)}: {reason}" for reason, cases in skipped.items()]
-    if "CAM" in args.methods:
+    if "cam" in args.methods:
         notes.append("pytorch-grad-cam has no plain CAM: CAM is compared with torchcam only")
+    alone = [REGISTRY[m].label for m in args.methods if m not in REFERENCES]
+    if alone:
+        notes.append(f"no reference implementation, timed alone: {', '.join(alone)}")
     header += f" Total wall time {since_start() / 60:.1f} min (from process start)."
     goals = targets(rows)
     legend = (

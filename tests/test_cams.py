@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_helpers.cams import CamError, cam, grad_cam, grad_cam_pp, score_cam
+from xai_helpers import metrics
+from xai_helpers.cams import CamError, cam, cam_to_image, grad_cam, grad_cam_pp, score_cam
 from xai_helpers.hooks import LayerError, capture, count_hooks
 from xai_helpers.models import ModelError, load_model
 
@@ -425,3 +426,83 @@ def test_score_cam_identical_images_share_passes(tiny, xs) -> None:
         single = score_cam(tiny, xs[:1], target=c, layer="features.2", progress=False)
         torch.testing.assert_close(both.weights[n], single.weights[0], rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(both.upsampled[n], single.upsampled[0], rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------
+# Score-CAM's baseline (CVPR-W Alg. 1) next to the probability variant (arXiv v1)
+# ------------------------------------------------------------------------------------------
+
+
+def reference_increase_weights(model, x, target, a, base, variant):
+    """f(X_b + H^k (X - X_b)) - f(X_b) per channel, written out; softmax over channels last."""
+    w = torch.zeros(a.shape[0], dtype=x.dtype)
+    with torch.no_grad():
+
+        def f(image: torch.Tensor) -> torch.Tensor:
+            out = model(image[None])[0]
+            return torch.softmax(out, 0)[target] if variant == "probability" else out[target]
+
+        for k in range(a.shape[0]):
+            up = F.interpolate(a[None, k : k + 1], size=x.shape[-2:], mode="bilinear")[0, 0]
+            mask = minmax(up) if a[k].max() > a[k].min() else torch.zeros_like(up)
+            w[k] = f(base + mask * (x - base)) - f(base)
+    return torch.softmax(w, 0) if variant == "softmax_logits" else w
+
+
+@pytest.mark.parametrize("variant", ["probability", "softmax_logits"])
+def test_score_cam_baseline_matches_reference(variant) -> None:
+    net = constant_channel_net()  # a zero and a constant channel: both show X_b itself
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    base = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).view(3, 1, 1)
+    res = score_cam(
+        net, x, target=[1, 6], layer="features.2", variant=variant, baseline=base, progress=False
+    )
+    for n, c in enumerate([1, 6]):
+        a = net.features[:3](x[n : n + 1])[0].detach()
+        w = reference_increase_weights(net, x[n], c, a, base.expand_as(x[n]), variant)
+        torch.testing.assert_close(res.weights[n], w, rtol=1e-10, atol=1e-14)
+    if variant == "probability":
+        assert (res.weights[:, :2] == 0).all()  # f(X_b) - f(X_b)
+
+
+def test_dropping_the_baseline_score_is_not_harmless_for_the_probability_variant(tiny, xs):
+    """With X_b = 0 (dataset mean) both see the same masked images, X o H^k; the CVPR-W
+    increase subtracts c = p_c(X_b) from every weight. ReLU(sum (w_k - c) A^k) is not
+    ReLU(sum w_k A^k): c sum_k A^k is not a constant map, so even the normalised maps differ.
+    Under a softmax over channels (Alg. 1, pytorch-grad-cam) the constant cancels exactly."""
+    kwargs = {"target": [1, 6], "layer": "features.2", "progress": False}
+    plain = score_cam(tiny, xs, **kwargs)
+    increase = score_cam(tiny, xs, baseline="dataset_mean", **kwargs)
+    with torch.no_grad():
+        c = torch.softmax(tiny(torch.zeros_like(xs)), 1)[[0, 1], [1, 6]]
+    torch.testing.assert_close(increase.weights, plain.weights - c[:, None], rtol=0, atol=1e-15)
+    a = tiny.features[:3](xs).detach()
+    shifted = torch.relu(torch.einsum("nk,nkhw->nhw", plain.weights - c[:, None], a))
+    torch.testing.assert_close(increase.low_res, shifted, rtol=1e-12, atol=1e-14)
+    assert (increase.upsampled - plain.upsampled).abs().max() > 0.05
+    logits = score_cam(tiny, xs, variant="softmax_logits", **kwargs)
+    alg1 = score_cam(tiny, xs, variant="softmax_logits", baseline="dataset_mean", **kwargs)
+    torch.testing.assert_close(alg1.weights, logits.weights, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(alg1.upsampled, logits.upsampled, rtol=1e-10, atol=1e-12)
+
+
+def test_score_cam_baseline_on_lite0(lite0, cat_x) -> None:
+    """How much f(X_b) matters depends on how much the baseline still scores the class: a
+    blurred cat is still a tiger cat to Lite0 (p about 0.3), a black image is not (p < 0.001).
+    The map computed from the same masked images without subtracting p_c(X_b) is compared."""
+    with torch.no_grad(), capture(lite0.model, "blocks.1") as cap:
+        lite0.model(cat_x[:1])
+    for name, expect_large in (("blur", True), ("black", False)):
+        res = score_cam(lite0, cat_x[:1], 282, layer="blocks.1", baseline=name, progress=False)
+        base = metrics.make_baseline(cat_x[:1], name, mean=lite0.mean, std=lite0.std)
+        with torch.no_grad():
+            c = float(torch.softmax(lite0.model(base), 1)[0, 282])
+        kept = torch.relu(torch.einsum("nk,nkhw->nhw", res.weights + c, cap.activations))
+        diff = float((cam_to_image(kept, (224, 224)) - res.upsampled).abs().max())
+        if expect_large:
+            assert c > 0.1 and diff > 0.2, (name, c, diff)
+        else:
+            assert c < 0.01 and diff < 0.05, (name, c, diff)
+    with pytest.raises(CamError, match="mean=loaded.mean"):
+        score_cam(lite0.model, cat_x[:1], 282, layer="blocks.1", baseline="black")

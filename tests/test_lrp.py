@@ -15,6 +15,7 @@ from torch import nn
 
 from xai_helpers.lrp import (
     COMPOSITES,
+    Composite,
     Epsilon,
     Gamma,
     LrpError,
@@ -356,3 +357,179 @@ def test_unsupported_layers_and_inputs_fail_loudly():
     with pytest.raises(LrpError, match="x\\[None\\]"):
         lrp(model, torch.zeros(3, 5, 5))
     assert set(COMPOSITES) >= {"epsilon-gamma-box", "epsilon", "lrp0"}
+
+
+# --------------------------------------------------------------------------------------------
+# LRP-gamma as run: the paper's rule where it applies, the sign-generalised rule elsewhere
+# --------------------------------------------------------------------------------------------
+
+
+def paper_gamma(w, b, a, r, gamma):
+    """Montavon et al. 2019, Sec. 10.2.1, as printed: rho(w) = w + gamma w+, for every output."""
+    rho_w, rho_b = w + gamma * w.clamp(min=0), b + gamma * b.clamp(min=0)
+    contrib = a[:, None, :] * rho_w[None]  # (N, K, J)
+    return _share(contrib, contrib.sum(-1) + rho_b, r)
+
+
+def generalised_gamma(w, b, a, r, gamma):
+    """The rule the code runs, from its formula: agreeing contributions amplified, per output."""
+    out = torch.zeros_like(a)
+    for n in range(a.shape[0]):
+        for k in range(w.shape[0]):
+            z_jk = [float(a[n, j] * w[k, j]) for j in range(w.shape[1])]
+            z_k = sum(z_jk) + float(b[k])
+            if z_k == 0:
+                continue
+            keep = (lambda v: max(v, 0.0)) if z_k > 0 else (lambda v: min(v, 0.0))
+            denom = sum(v + gamma * keep(v) for v in z_jk) + float(b[k]) + gamma * keep(float(b[k]))
+            for j in range(w.shape[1]):
+                out[n, j] += (z_jk[j] + gamma * keep(z_jk[j])) / denom * float(r[n, k])
+    return out
+
+
+def test_gamma_is_the_papers_rule_for_positive_inputs_and_outputs():
+    torch.manual_seed(5)
+    w = torch.randn(4, 6, dtype=torch.float64)  # weights of both signs
+    b = torch.rand(4, dtype=torch.float64) + 10.0  # every z_k > 0
+    a = torch.rand(3, 6, dtype=torch.float64)  # inputs >= 0, as after a ReLU
+    assert ((a @ w.T + b) > 0).all() and (w < 0).any()
+    r = torch.randn(3, 4, dtype=torch.float64)
+    ours = Gamma(0.25)(lambda x, w_, b_: F.linear(x, w_, b_), w, b, a, r)
+    torch.testing.assert_close(ours, paper_gamma(w, b, a, r, 0.25), rtol=1e-10, atol=1e-12)
+
+
+def test_gamma_on_inputs_of_both_signs_is_the_generalised_rule():
+    """Negative inputs and negative outputs (as after Lite0's linear bottlenecks): the code
+    equals the explicit sums of the generalised rule, and not the paper's formula."""
+    torch.manual_seed(6)
+    w, b = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    a = torch.randn(4, 7, dtype=torch.float64)
+    z = a @ w.T + b
+    assert (a < 0).any() and (a > 0).any() and (z < 0).any() and (z > 0).any()
+    r = torch.randn(4, 5, dtype=torch.float64)
+    ours = Gamma(0.5)(lambda x, w_, b_: F.linear(x, w_, b_), w, b, a, r)
+    torch.testing.assert_close(ours, generalised_gamma(w, b, a, r, 0.5), rtol=1e-10, atol=1e-12)
+    assert (ours - paper_gamma(w, b, a, r, 0.5)).abs().max() > 1e-2
+
+
+def test_lite0_feeds_gamma_negative_inputs(lite0):
+    """Where the difference matters: a gamma layer of Lite0 sees inputs of both signs."""
+    net = build_network(lite0.model)
+    rules = net.rules()
+    x = lite0.preprocess(["data/chelsea.png"])
+    net(x)
+    from xai_helpers.lrp.network import Affine
+
+    def affine_steps(steps):
+        for s in steps:
+            if isinstance(s, Affine):
+                yield s
+            for inner in getattr(s, "body", []) + getattr(s, "skip", []):
+                yield from affine_steps([inner])
+
+    mixed = [
+        s.name
+        for s in affine_steps(net.steps)
+        if isinstance(rules[s.name], Gamma) and bool((s._input < 0).any())
+    ]
+    assert mixed, "no gamma layer of Lite0 sees negative inputs"
+
+
+# --------------------------------------------------------------------------------------------
+# adapters by type, rules by type, unsupported blocks
+# --------------------------------------------------------------------------------------------
+
+
+def test_torchvision_mobilenet_block_is_named_with_the_fix():
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    mobilenet = torchvision.models.mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(LrpError, match=r"the model \(MobileNetV2.*register_adapter\(MobileNetV2"):
+        lrp(mobilenet, x, target=0, bounds=(-3.0, 3.0))
+    stack = nn.Sequential(mobilenet.features[:3], nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with pytest.raises(LrpError, match=r"'0\.1' \(InvertedResidual, from torchvision") as info:
+        lrp(stack, x, target=0, bounds=(-3.0, 3.0))
+    assert "register_adapter(InvertedResidual, fn)" in str(info.value)
+    assert isinstance(mobilenet.features[1], InvertedResidual)
+
+
+def test_a_registered_adapter_makes_mobilenet_explainable(monkeypatch):
+    """The table is open: two small adapters (the block and the model's forward) suffice, and
+    the rebuilt network is checked against the model's logits on every call."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    from xai_helpers.lrp import ADAPTERS, Step, register_adapter, translate
+    from xai_helpers.lrp.network import Flatten, Pool, Residual
+
+    def block(name: str, module: nn.Module) -> list[Step]:
+        body = translate([(f"{name}.conv", module.conv)])
+        return [Residual(name, body, [])] if module.use_res_connect else body
+
+    def model(name: str, module: nn.Module) -> list[Step]:  # features, mean pool, classifier
+        pool = Pool("pool", lambda t: F.adaptive_avg_pool2d(t, 1))
+        return [*translate([("features", module.features)]), pool, Flatten("flatten"),
+                *translate([("classifier", module.classifier)])]
+
+    monkeypatch.setitem(ADAPTERS, InvertedResidual, block)  # removed again after the test
+    monkeypatch.setitem(ADAPTERS, torchvision.models.MobileNetV2, model)
+    with pytest.raises(LrpError, match="already has an adapter"):
+        register_adapter(torchvision.models.MobileNetV2, model)
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None, num_classes=10).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    res = lrp(net, x, composite="lrp0", bounds=(-3.0, 3.0), return_layers=True)
+    assert torch.isfinite(res.relevance).all() and len(res.layer_sums) > 10
+
+
+def test_rules_by_layer_type():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3),
+    ).eval()
+    net = build_network(model)
+    rules = net.rules("epsilon-gamma-box-by-type")
+    assert [type(rules[n]).__name__ for n in ["0", "2", "6", "8"]] == [
+        "ZBox", "Gamma", "Epsilon", "Epsilon"
+    ]
+    assert rules["6"] == Epsilon(1e-6)
+    # by_type overrides the depth rules; first beats both
+    mixed = Composite(
+        first=ZBox(), lower=Epsilon(0.1), middle=Epsilon(0.2), top=Epsilon(0.0),
+        by_type=((nn.Linear, Gamma(1.0)),),
+    )
+    rules = net.rules(mixed)
+    assert isinstance(rules["0"], ZBox) and rules["2"] == Epsilon(0.1) and rules["8"] == Gamma(1.0)
+    with pytest.raises(LrpError, match=r"no rule for layer '6' \(Linear\)"):
+        net.rules(Composite(first=ZBox(), by_type=((nn.Conv2d, Gamma(0.25)),)))
+
+
+def test_by_type_composite_matches_zennit_epsilon_gamma_box():
+    """zennit's EpsilonGammaBox assigns its rules by layer type too: the same relevance."""
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonGammaBox
+
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(54, 10), nn.ReLU(), nn.Linear(10, 4),
+    ).double().eval()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64) * 2 - 1
+    low, high = torch.full_like(x, -1.0), torch.full_like(x, 1.0)
+    ours = lrp(model, x, target=[1, 3], composite="epsilon-gamma-box-by-type", bounds=(-1.0, 1.0))
+    r_out = torch.zeros(2, 4, dtype=torch.float64)
+    r_out[[0, 1], [1, 3]] = ours.logits[[0, 1], [1, 3]]
+    composite = EpsilonGammaBox(low=low, high=high, stabilizer=1e-12)
+    with Gradient(model=model, composite=composite) as attributor:
+        _, theirs = attributor(x.clone().requires_grad_(True), r_out)
+    torch.testing.assert_close(ours.input_relevance, theirs, rtol=1e-6, atol=1e-9)
+
+
+def test_lrp_counts_its_passes():
+    from xai_helpers.metrics import measure_cost
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 4)).eval()
+    _, cost = measure_cost(lambda: lrp(model, torch.rand(3, 3, 5, 5), bounds=(0.0, 1.0)), model)
+    # the model once (the logits), its canonized copy once forward and once backward
+    assert (cost.forward_passes, cost.forward_images, cost.backward_passes) == (2, 6, 1)

@@ -407,3 +407,30 @@ def test_measure_cost_counts_passes_and_removes_hooks() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         metrics.measure_cost(boom, model)
     assert not model._forward_hooks
+
+
+def test_measure_cost_repeats_and_says_when_memory_means_something() -> None:
+    model = tiny_cnn()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    calls = []
+
+    def forward() -> int:
+        calls.append(1)
+        with torch.no_grad():
+            model(x)
+        return len(calls)
+
+    first, cost = metrics.measure_cost(forward, model, repeats=3)
+    assert first == 1 and len(calls) == 3  # the first call's result, three measured calls
+    assert (cost.forward_passes, cost.forward_images) == (1, 2)  # per call, not summed
+    assert cost.repeats == 3 and len(cost.seconds_all) == 3 and len(cost.peak_memory_all_mib) == 3
+    assert cost.seconds == sorted(cost.seconds_all)[1]  # the median
+    assert cost.memory_mib() is None  # a few kiB: below the sampler's floor, never reported
+    made_up = metrics.Cost(1.0, 1, 1, 0, 100.0, 3, (1.0,) * 3, (90.0, 100.0, 105.0))
+    assert made_up.memory_mib() == 100.0 and made_up.memory_spread_mib == 15.0
+    noisy = metrics.Cost(1.0, 1, 1, 0, 100.0, 3, (1.0,) * 3, (20.0, 100.0, 180.0))
+    assert noisy.memory_mib() is None
+    once = metrics.Cost(1.0, 1, 1, 0, 100.0)
+    assert once.memory_mib() is None  # one call says nothing about the spread
+    with pytest.raises(MetricError, match="repeats"):
+        metrics.measure_cost(forward, model, repeats=0)

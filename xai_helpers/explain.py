@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .cams import Target
+from .inputs import InputError, Target, check_batch
 from .models import LoadedModel
 from .registry import METHODS, UnknownMethodError, get_method
 
-__all__ = ["METHODS", "UnknownMethodError", "explain"]
+__all__ = ["METHODS", "InputError", "UnknownMethodError", "explain"]
 
 
 def explain(
@@ -38,7 +38,9 @@ def explain(
     lm:
         The loaded model (its default CAM layer and normalisation are used).
     x:
-        (N, 3, H, W) preprocessed batch.
+        (N, 3, H, W) preprocessed batch, checked once here
+        (:func:`xai_helpers.inputs.check_batch`: a bad batch raises
+        :class:`~xai_helpers.inputs.InputError` naming the fix, whatever the method).
     method:
         A name in :data:`xai_helpers.registry.METHODS` (``"cam"``, ``"grad_cam"``,
         ``"grad_cam_pp"``, ``"score_cam"``, ``"lrp"``, ...).
@@ -53,7 +55,10 @@ def explain(
     torch.Tensor
         (N, H, W) map, detached.
     """
-    return get_method(method).fn(lm, x, target, **kwargs).detach()
+    record = get_method(method)
+    model = lm.model if isinstance(lm, LoadedModel) else lm
+    x = check_batch(x, model, error=InputError)
+    return record.fn(lm, x, target, **kwargs).detach()
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,11 +32,15 @@ from torch.utils.hooks import RemovableHandle
 __all__ = [
     "Capture",
     "LayerError",
+    "PassCount",
     "capture",
     "count_hooks",
+    "count_passes",
     "feature_map_layers",
     "resolve_layer",
+    "record_pass",
     "restore_state",
+    "substitute",
 ]
 
 
@@ -201,6 +207,33 @@ def capture(model: nn.Module, layer: str | nn.Module, as_leaf: bool = False) -> 
         cap.output = None  # drop the graph
 
 
+@contextmanager
+def substitute(
+    model: nn.Module, layer: str | nn.Module, value: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[str]:
+    """Replace the output of ``layer`` by ``value(output)`` in a block (a forward hook).
+
+    The layers above then compute on the substitute, which may hold more images than the
+    input (Ablation-CAM runs the layers below once and the layers above on a batch of ablated
+    copies). The hook is removed on exit, also when the block raises. Yields the layer's name.
+    """
+    name, module = resolve_layer(model, layer)
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise LayerError(
+                f"layer {name!r} returns {type(output).__name__}, not a tensor; "
+                "choose a layer that outputs feature maps"
+            )
+        return value(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield name
+    finally:
+        handle.remove()
+
+
 def feature_map_layers(
     model: nn.Module, x: torch.Tensor, max_depth: int = 2
 ) -> list[tuple[str, tuple[int, ...]]]:
@@ -248,3 +281,70 @@ def count_hooks(model: nn.Module) -> int:
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
         total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
     return total
+
+
+# ----------------------------------------------------------------------------------------------
+# counting passes through a model, as they happen
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PassCount:
+    """Passes through one model while :func:`count_passes` is open.
+
+    ``forward`` counts calls of the model's ``forward`` and ``images`` the images they carried
+    (a batch of 32 is one pass of 32 images); ``backward`` counts backward passes through its
+    output. Code that runs the network without calling the model (LRP's relevance pass over its
+    canonized copy) reports its passes with :func:`record_pass`.
+    """
+
+    model: nn.Module
+    forward: int = 0
+    images: int = 0
+    backward: int = 0
+
+    def add(self, kind: Literal["forward", "backward"], images: int = 0) -> None:
+        if kind == "forward":
+            self.forward += 1
+            self.images += images
+        else:
+            self.backward += 1
+
+
+_COUNTERS: ContextVar[tuple[PassCount, ...]] = ContextVar("xai_helpers_pass_counters", default=())
+
+
+def record_pass(model: nn.Module, kind: Literal["forward", "backward"], images: int = 0) -> None:
+    """Report a pass through ``model`` that its own hooks cannot see (nothing when no one counts).
+
+    LRP calls it for the forward and the relevance (backward) pass through the network it
+    rebuilt from ``model``.
+    """
+    for counter in _COUNTERS.get():
+        if counter.model is model:
+            counter.add(kind, images)
+
+
+@contextmanager
+def count_passes(model: nn.Module) -> Iterator[PassCount]:
+    """Count the forward and backward passes through ``model`` in a block, as they happen.
+
+    A forward hook counts each call and its images; under grad mode it puts a tensor hook on
+    the output, which counts a backward pass when the gradient flows through it. Passes
+    reported with :func:`record_pass` count too. The hooks are removed on exit, also on error.
+    """
+    counter = PassCount(model)
+
+    def on_forward(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        images = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else 0
+        counter.add("forward", images)
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda _grad: counter.add("backward"))
+
+    handle = model.register_forward_hook(on_forward)
+    token = _COUNTERS.set((*_COUNTERS.get(), counter))
+    try:
+        yield counter
+    finally:
+        _COUNTERS.reset(token)
+        handle.remove()

@@ -10,17 +10,24 @@ Every loader in the course goes through :func:`load_image`, so the classic traps
 * numpy arrays are read as height x width (x channels), ``uint8``/``uint16``/float in [0, 1]; a
   channels-first array gets an error that says so instead of a nonsense picture.
 
+:func:`to_rgb_array` is the one conversion of a picture that is already RGB (a PIL image, an
+array, a tensor) into the float (H, W, 3) array in [0, 1] that the figures and the
+perturbations work on; it raises on anything else instead of clipping it.
+
 The photos in ``data/`` come from scikit-image's wheel (see ``data/README.md``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .boxes import sample_boxes
 
 __all__ = [
     "DATA_DIR",
@@ -32,6 +39,7 @@ __all__ = [
     "sample_boxes",
     "sample_image",
     "sample_path",
+    "to_rgb_array",
 ]
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -78,14 +86,6 @@ def sample_path(name: str) -> Path:
 def sample_image(name: str) -> Image.Image:
     """Load a named sample image as an RGB PIL image."""
     return load_image(sample_path(name))
-
-
-def sample_boxes(name: str = "cat_and_coffee") -> dict[str, tuple[int, int, int, int]]:
-    """Object boxes ``(left, top, right, bottom)`` in pixels of a sample image's full frame."""
-    path = DATA_DIR / f"{name}_boxes.json"
-    if not path.is_file():
-        raise ImageLoadError(f"no boxes for sample {name!r}: {path} does not exist")
-    return {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def load_image(source: ImageInput, min_size: int = MIN_SIZE) -> Image.Image:
@@ -256,3 +256,39 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def to_rgb_array(image: Any, error: type[Exception] = ImageLoadError) -> np.ndarray:
+    """An RGB picture as an (H, W, 3) float array in [0, 1]: the one image -> array conversion.
+
+    Accepts a PIL image (any mode, converted as :func:`load_image` converts it), a numpy array
+    (H, W, 3), or a torch tensor (H, W, 3) or (3, H, W) (torch's channels-first layout).
+    ``uint8`` is divided by 255 (float32); a float array keeps its dtype and must be finite
+    and within [0, 1]. Anything else raises ``error`` with the fix: a channels-first numpy
+    array, another shape, another dtype, values outside [0, 1] (they are not clipped: a
+    picture outside [0, 1] is a bug upstream, e.g. a normalised tensor passed as a picture).
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(_to_rgb(image), dtype=np.float32) / 255.0
+    if isinstance(image, torch.Tensor):
+        a = image.detach().cpu().numpy()
+        if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
+            a = a.transpose(1, 2, 0)
+    else:
+        a = np.asarray(image)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        hint = (
+            " (channels-first? use .transpose(1, 2, 0))" if a.ndim == 3 and a.shape[0] == 3 else ""
+        )
+        raise error(f"expected an RGB image (H, W, 3), got shape {a.shape}{hint}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if not np.issubdtype(a.dtype, np.floating):
+        raise error(f"image dtype {a.dtype} is not supported; use uint8 or float in [0, 1]")
+    if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
+        raise error(
+            "float image must be finite and in [0, 1]; use LoadedModel.view(image) for the "
+            "picture the network sees, or LoadedModel.unnormalize(x) for a normalised tensor"
+        )
+    return a
+

@@ -22,40 +22,52 @@ Sanity
     checks for saliency maps", NeurIPS 2018, Sec. 3.1), compared with :func:`spearman_rank` and
     :func:`ssim`.
 Cost
-    :func:`measure_cost`: wall time, forward/backward passes and peak memory of one call.
+    :func:`measure_cost`: wall time, forward/backward passes (counted as they happen) and peak
+    memory of a call, repeated so that memory is reported only where it is more than noise.
 
-Baselines ("what does a removed pixel become?") are named or given as a tensor:
-``"zeros"`` is the all-zero *input tensor*, i.e. the dataset mean colour after normalisation
-(mid-grey for EfficientNet-Lite, whose mean = std = 0.5); ``"mean"`` is each image's own mean
-colour; ``"blur"`` is a Gaussian blur of the image (RISE's insertion baseline).
+Baselines ("what does a removed pixel become?") are named with the course's one vocabulary
+(:mod:`xai_helpers.baselines`) or given as a tensor: ``"dataset_mean"`` is the all-zero
+*input tensor*, i.e. the dataset mean colour after normalisation (mid-grey for
+EfficientNet-Lite, whose mean = std = 0.5); ``"black"`` is RGB (0, 0, 0) (it needs the model's
+``mean`` and ``std``); ``"image_mean"`` is each image's own mean colour; ``"blur"`` is a
+Gaussian blur of the image (RISE's insertion baseline). The boxes and their masks are
+:mod:`xai_helpers.boxes`' (re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import math
+import statistics
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
-from .cams import normalize_per_image
+from .baselines import BaselineName, baseline_batch
+from .boxes import (
+    BOXES_PATH,
+    PhotoObject,
+    box_to_input_frame,
+    boxes_to_mask,
+    load_photo_boxes,
+    model_geometry,
+)
+from .errors import MetricError
+from .hooks import count_passes
+from .inputs import check_batch, resolve_targets
+from .maps import Ties, normalize_per_image, rank_pixels, upsample
 from .perturb import rank_correlation
 
 __all__ = [
     "BOXES_PATH",
+    "MEMORY_FLOOR_MIB",
     "Baseline",
     "Cost",
     "CurveResult",
@@ -66,6 +78,7 @@ __all__ = [
     "auc",
     "average_drop_increase",
     "box_to_input_frame",
+    "box_share",
     "boxes_to_mask",
     "cascading_randomization",
     "deletion",
@@ -82,15 +95,8 @@ __all__ = [
     "ssim",
 ]
 
-BOXES_PATH = Path(__file__).resolve().parents[1] / "data" / "boxes.json"
-
-Baseline = Tensor | Literal["zeros", "mean", "blur"]
-Box = tuple[float, float, float, float]
+Baseline = Tensor | BaselineName
 _R = TypeVar("_R")
-
-
-class MetricError(ValueError):
-    """Inputs to a metric do not fit together; the message names the problem and the fix."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,12 +105,11 @@ class MetricError(ValueError):
 
 
 def _check_batch(
-    x: Tensor, maps: Tensor, target: Tensor | int | Sequence[int]
-) -> tuple[Tensor, Tensor]:
-    """Validate shapes; return ``maps`` at the input resolution and ``target`` as (N,) long."""
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise MetricError(f"x must be a batch (N, 3, H, W), got {shape}; add .unsqueeze(0)")
+    x: Tensor, maps: Tensor, target: Tensor | int | Sequence[int], model: Any = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check ``x`` (:func:`xai_helpers.inputs.check_batch`) and the shapes; return ``x`` (on
+    the model's device), ``maps`` at the input resolution and ``target`` as (N,) long."""
+    x = check_batch(x, model, error=MetricError)
     maps = torch.as_tensor(maps).detach()
     if maps.dim() == 2:
         maps = maps[None]
@@ -117,18 +122,14 @@ def _check_batch(
     maps = maps.to(device=x.device, dtype=x.dtype)
     if maps.shape[-2:] != x.shape[-2:]:
         # low-resolution maps (a CAM's h x w) are upsampled as the CAM papers display them
-        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        maps = maps[:, 0]
-    return maps, _as_target(target, x.shape[0], x.device)
+        maps = upsample(maps, tuple(x.shape[-2:]))
+    return x, maps, _as_target(target, x.shape[0], x.device)
 
 
 def _as_target(target: Tensor | int | Sequence[int], n: int, device: torch.device) -> Tensor:
-    t = torch.as_tensor(target, device=device).long().reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n:
-        raise MetricError(f"target must have one class per image ({n}), got {t.numel()}")
-    return t.clone()
+    if target is None:
+        raise MetricError("pass target, the explained class of each image (e.g. CamResult.target)")
+    return resolve_targets(target, n=n, error=MetricError).to(device)
 
 
 def _scores(logits: Tensor, target: Tensor, score: str) -> Tensor:
@@ -139,7 +140,13 @@ def _scores(logits: Tensor, target: Tensor, score: str) -> Tensor:
     raise MetricError(f"score must be 'probability' or 'logit', not {score!r}")
 
 
-def make_baseline(x: Tensor, baseline: Baseline = "zeros", blur_sigma: float = 5.0) -> Tensor:
+def make_baseline(
+    x: Tensor,
+    baseline: Baseline = "dataset_mean",
+    blur_sigma: float = 5.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
     r"""The image a removed pixel is replaced with (deletion) or a curve starts from (insertion).
 
     Parameters
@@ -147,30 +154,16 @@ def make_baseline(x: Tensor, baseline: Baseline = "zeros", blur_sigma: float = 5
     x:
         The preprocessed batch ``(N, 3, H, W)``.
     baseline:
-        ``"zeros"``: the zero input tensor (after normalisation this is the dataset mean colour);
-        ``"mean"``: each image's own per-channel mean colour; ``"blur"``: a Gaussian blur of
-        ``x`` with standard deviation ``blur_sigma`` pixels and a kernel of
-        :math:`2\lceil 2\sigma \rceil + 1` pixels (Petsiuk et al. 2018 blur with
-        :math:`\sigma = 5`); or a tensor broadcastable to ``x``.
+        A name of :mod:`xai_helpers.baselines`: ``"dataset_mean"`` (the zero input tensor:
+        after normalisation the dataset mean colour), ``"black"`` (needs ``mean`` and ``std``,
+        the model's normalisation), ``"image_mean"`` (each image's own per-channel mean
+        colour), ``"blur"`` (a Gaussian blur of ``x`` with standard deviation ``blur_sigma``
+        pixels and a kernel of :math:`2\lceil 2\sigma \rceil + 1` pixels; Petsiuk et al. 2018
+        blur with :math:`\sigma = 5`); or a tensor broadcastable to ``x``. The old names
+        ``"zeros"`` (= ``"dataset_mean"``) and ``"mean"`` (= ``"image_mean"``) still work, with
+        a ``DeprecationWarning``.
     """
-    if isinstance(baseline, Tensor):
-        try:
-            return torch.broadcast_to(baseline.to(device=x.device, dtype=x.dtype), x.shape)
-        except RuntimeError as err:
-            raise MetricError(
-                f"baseline of shape {tuple(baseline.shape)} does not broadcast to x "
-                f"{tuple(x.shape)}; pass (N, 3, H, W), (3, 1, 1) or a name"
-            ) from err
-    if baseline == "zeros":
-        return torch.zeros_like(x)
-    if baseline == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
-    if baseline == "blur":
-        if blur_sigma <= 0:
-            raise MetricError(f"blur_sigma must be positive, got {blur_sigma}")
-        k = 2 * math.ceil(2 * blur_sigma) + 1
-        return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[blur_sigma, blur_sigma])
-    raise MetricError(f"unknown baseline {baseline!r}; use 'zeros', 'mean', 'blur' or a tensor")
+    return baseline_batch(x, baseline, mean, std, blur_sigma, error=MetricError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,21 +203,6 @@ def auc(scores: Tensor, fractions: Tensor) -> Tensor:
     return torch.trapezoid(scores, fractions.to(scores), dim=-1)
 
 
-def _pixel_ranks(maps: Tensor, generator: torch.Generator) -> Tensor:
-    """Rank of each pixel in descending importance, ties broken uniformly at random.
-
-    A stable sort alone would break ties by pixel index (top rows first), so a constant map
-    would delete the image from the top down instead of in random order.
-    """
-    n, hw = maps.shape[0], maps[0].numel()
-    perm = torch.argsort(torch.rand(n, hw, generator=generator), dim=1).to(maps.device)
-    shuffled = maps.flatten(1).gather(1, perm)
-    order = perm.gather(1, torch.argsort(shuffled, dim=1, descending=True, stable=True))
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(hw, device=maps.device).expand(n, hw).contiguous())
-    return ranks
-
-
 @torch.no_grad()
 def perturbation_curve(
     model: Callable[[Tensor], Tensor],
@@ -232,13 +210,16 @@ def perturbation_curve(
     maps: Tensor,
     target: Tensor | int | Sequence[int],
     mode: Literal["deletion", "insertion"] = "deletion",
-    baseline: Baseline = "zeros",
+    baseline: Baseline = "dataset_mean",
     steps: int = 50,
     batch_size: int = 64,
     score: Literal["probability", "logit"] = "probability",
     blur_sigma: float = 5.0,
     seed: int = 0,
     progress: bool = False,
+    ties: Ties = "random",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> CurveResult:
     r"""Deletion or insertion curve: perturb pixels in order of decreasing map value.
 
@@ -249,7 +230,9 @@ def perturbation_curve(
     (Petsiuk et al., "RISE: Randomized input sampling for explanation of black-box models",
     BMVC 2018, Sec. 4.1). All :math:`N(K+1)` perturbed images are evaluated in batches of
     ``batch_size``, mixing images, so a curve costs about :math:`(K+1)/B` forward passes per
-    image. Ties in the map are broken uniformly at random (``seed``).
+    image. The order is :func:`xai_helpers.maps.rank_pixels`; ties in the map are broken
+    uniformly at random (``seed``), or in raster order with ``ties="raster"`` (the rule of
+    :func:`xai_helpers.perturb.top_k_mask`).
 
     Parameters
     ----------
@@ -258,23 +241,23 @@ def perturbation_curve(
     mode:
         ``"deletion"`` (a faithful map makes the score fall fast: low AUC is good) or
         ``"insertion"`` (a faithful map makes it rise fast: high AUC is good).
-    baseline:
-        See :func:`make_baseline`; RISE uses ``"zeros"`` for deletion and ``"blur"`` for
-        insertion.
+    baseline, mean, std:
+        See :func:`make_baseline`; RISE uses ``"dataset_mean"`` (its zero tensor) for deletion
+        and ``"blur"`` for insertion.
     steps:
         :math:`K`, the number of perturbation steps (RISE: :math:`HW/224`, i.e. 224 steps).
     score:
         ``"probability"`` (softmax, as in RISE) or ``"logit"``.
     """
-    maps, target = _check_batch(x, maps, target)
+    x, maps, target = _check_batch(x, maps, target, model)
     if mode not in ("deletion", "insertion"):
         raise MetricError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
     if steps < 1 or batch_size < 1:
         raise MetricError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     n, c, h, w = x.shape
     hw = h * w
-    base = make_baseline(x, baseline, blur_sigma)
-    ranks = _pixel_ranks(maps, torch.Generator().manual_seed(seed))
+    base = make_baseline(x, baseline, blur_sigma, mean, std)
+    ranks = rank_pixels(maps, ties, torch.Generator().manual_seed(seed))
     counts = torch.round(torch.arange(steps + 1, dtype=torch.float64) * hw / steps).long()
     counts = counts.to(x.device)
     fractions = counts.double().cpu() / hw
@@ -305,7 +288,7 @@ def deletion(
     x: Tensor,
     maps: Tensor,
     target: Tensor | int | Sequence[int],
-    baseline: Baseline = "zeros",
+    baseline: Baseline = "dataset_mean",
     **kwargs: Any,
 ) -> CurveResult:
     """Deletion curve (lower AUC = more faithful); see :func:`perturbation_curve`."""
@@ -366,17 +349,19 @@ def average_drop_increase(
     x: Tensor,
     maps: Tensor,
     target: Tensor | int | Sequence[int],
-    baseline: Baseline = "zeros",
+    baseline: Baseline = "dataset_mean",
     batch_size: int = 64,
     blur_sigma: float = 5.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DropIncrease:
     r"""Average Drop and Increase in Confidence (Chattopadhay et al., "Grad-CAM++", WACV 2018,
     Sec. 5.1, Eqs. 20-21).
 
     The image is seen through the map :math:`M \in [0, 1]` (min-max normalised per image):
     :math:`\tilde x = b + M \odot (x - b)`, which is :math:`M \odot x` for the default
-    ``"zeros"`` baseline. With :math:`Y_i^c` the softmax probability of the target on the full
-    image and :math:`O_i^c` on :math:`\tilde x`,
+    ``"dataset_mean"`` baseline (the zero tensor). With :math:`Y_i^c` the softmax probability
+    of the target on the full image and :math:`O_i^c` on :math:`\tilde x`,
 
     .. math::
         \text{Average Drop} = \frac{100}{N} \sum_i \frac{\max(0, Y_i^c - O_i^c)}{Y_i^c},
@@ -386,8 +371,8 @@ def average_drop_increase(
     For signed maps (LRP) pass the positive part: min-max normalisation of a signed map would
     put "no relevance" at some grey level in between.
     """
-    maps, target = _check_batch(x, maps, target)
-    base = make_baseline(x, baseline, blur_sigma)
+    x, maps, target = _check_batch(x, maps, target, model)
+    base = make_baseline(x, baseline, blur_sigma, mean, std)
     masked_x = base + normalize_per_image(maps)[:, None] * (x - base)
     full, masked = [], []
     for start in range(0, x.shape[0], batch_size):
@@ -402,78 +387,6 @@ def average_drop_increase(
 # --------------------------------------------------------------------------------------------
 # localisation: boxes, pointing game, energy-based pointing game
 # --------------------------------------------------------------------------------------------
-
-
-def model_geometry(loaded: Any) -> tuple[int, int]:
-    """``(resize, crop)`` of a :class:`~xai_helpers.models.LoadedModel`'s preprocessing.
-
-    Read from its ``geometry`` (``Resize(resize)`` of the short side, then ``CenterCrop(crop)``).
-    """
-    resize = crop = None
-    for step in getattr(loaded.geometry, "transforms", []):
-        if isinstance(step, T.Resize):
-            if step.size is None or len(step.size) != 1:
-                raise MetricError("model_geometry expects Resize(int) of the short side")
-            resize = int(step.size[0])
-        elif isinstance(step, T.CenterCrop):
-            crop = int(step.size[0])
-    if resize is None or crop is None:
-        raise MetricError("the model's geometry is not Resize(int) + CenterCrop; map boxes by hand")
-    return resize, crop
-
-
-def box_to_input_frame(
-    box: Sequence[float], image_size: tuple[int, int], resize: int, crop: int
-) -> Box:
-    r"""Map a box from the original photo's pixels to the model input's pixels.
-
-    The preprocessing resizes the short side to ``resize`` (the long side to
-    :math:`\lfloor \text{resize} \cdot \text{long}/\text{short} \rfloor`, as torchvision does),
-    then takes the centre ``crop`` x ``crop`` square whose corner is
-    :math:`\mathrm{round}((W' - \text{crop})/2)`. A box
-    :math:`(l, t, r, b)` (pixel edges; right and bottom exclusive) becomes
-    :math:`(l s_x - o_x, t s_y - o_y, r s_x - o_x, b s_y - o_y)`, clipped to the crop.
-
-    Parameters
-    ----------
-    box:
-        ``(left, top, right, bottom)`` in the original image.
-    image_size:
-        ``(width, height)`` of the original image (PIL's ``.size``).
-    """
-    w, h = image_size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = resize, int(resize * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    off_x, off_y = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
-    sx, sy = new_w / w, new_h / h
-    left, top, right, bottom = (float(v) for v in box)
-    if not (right > left and bottom > top):
-        raise MetricError(f"box {tuple(box)} is empty; boxes are (left, top, right, bottom)")
-    mapped = (left * sx - off_x, top * sy - off_y, right * sx - off_x, bottom * sy - off_y)
-    return tuple(float(min(max(v, 0.0), crop)) for v in mapped)  # type: ignore[return-value]
-
-
-def boxes_to_mask(
-    boxes: Sequence[Sequence[float] | Sequence[Sequence[float]]], size: tuple[int, int]
-) -> Tensor:
-    """Boolean masks ``(N, H, W)``: a pixel is inside when its centre lies in one of the boxes.
-
-    ``boxes[i]`` is one box ``(left, top, right, bottom)`` or a list of boxes (their union), in
-    the model input's pixels (see :func:`box_to_input_frame`).
-    """
-    h, w = size
-    cy = torch.arange(h, dtype=torch.float64)[:, None] + 0.5
-    cx = torch.arange(w, dtype=torch.float64)[None, :] + 0.5
-    masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
-    for i, item in enumerate(boxes):
-        group = [item] if len(item) == 4 and not isinstance(item[0], Sequence) else item
-        for box in group:
-            if len(box) != 4:
-                raise MetricError(f"box {box!r} must be (left, top, right, bottom)")
-            left, top, right, bottom = (float(v) for v in box)
-            masks[i] |= (cx >= left) & (cx < right) & (cy >= top) & (cy < bottom)
-    return masks
 
 
 def _check_masks(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -547,28 +460,31 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     return torch.where(total > 0, inside / total.clamp_min(1e-300), area)
 
 
-@dataclass(frozen=True)
-class PhotoObject:
-    """An annotated object of a sample photo: its box in the photo's pixels and its classes."""
+def box_share(maps: Tensor, box: Sequence[float] | Tensor) -> Tensor | float:
+    r"""The share of a map's mass inside a box: :math:`\sum_{p \in \text{box}} M(p) /
+    \sum_p M(p)`.
 
-    image: str
-    label: str
-    box: tuple[int, int, int, int]
-    classes: tuple[int, ...]
-
-
-def load_photo_boxes(path: str | Path = BOXES_PATH) -> list[PhotoObject]:
-    """The hand-drawn object boxes of the sample photos (``data/boxes.json``; see
-    ``data/BOXES.md`` for how they were drawn). ``classes`` are the ImageNet classes that count
-    as this object (e.g. the five domestic cat classes)."""
-    raw = json.loads(Path(path).read_text())
-    out = []
-    for image, objects in raw.items():
-        if image.startswith("_"):
-            continue
-        for label, entry in objects.items():
-            out.append(PhotoObject(image, label, tuple(entry["box"]), tuple(entry["classes"])))
-    return out
+    ``maps`` is one map (H, W) (then a float is returned) or a batch (N, H, W) (then (N,));
+    ``box`` is ``(left, top, right, bottom)`` in the map's pixels (pixel centres inside, see
+    :func:`xai_helpers.boxes.boxes_to_mask`; e.g. from ``sample_boxes(name, loaded)``) or a
+    bool mask. The map is taken as it is (no normalisation): for a CAM's ``upsampled`` map,
+    whose minimum is 0, this is :func:`energy_pointing_game`; for a signed map (LRP) pass its
+    positive part. A map that sums to zero has no mass to share: NaN.
+    """
+    m = torch.as_tensor(maps).detach().double()
+    single = m.dim() == 2
+    if single:
+        m = m[None]
+    if m.dim() != 3:
+        raise MetricError(f"maps must be (H, W) or (N, H, W), got {tuple(m.shape)}")
+    if isinstance(box, Tensor) and box.dtype == torch.bool:
+        mask = box.to(m.device).expand_as(m)
+    else:
+        mask = boxes_to_mask([box], tuple(m.shape[-2:]))[0].to(m.device).expand_as(m)
+    total = m.flatten(1).sum(1)
+    inside = (m * mask).flatten(1).sum(1)
+    share = torch.where(total != 0, inside / torch.where(total != 0, total, 1.0), torch.nan)
+    return float(share[0]) if single else share
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,23 +641,33 @@ def cascading_randomization(
 # --------------------------------------------------------------------------------------------
 
 
+#: Peak memory below this is within the noise of the RSS sampler on the CPU (MiB).
+MEMORY_FLOOR_MIB = 10.0
+
+
 @dataclass(frozen=True)
 class Cost:
-    """What one call cost: wall time, passes through the model, and memory.
+    """What a call cost: wall time, passes through the model, and memory.
 
     Attributes
     ----------
     seconds:
-        Wall time of the call.
+        Wall time of the call (the median over ``repeats`` calls).
     forward_passes, forward_images:
         Calls of the model's ``forward`` and the images they carried (a batch of 32 is one pass
-        of 32 images).
+        of 32 images), in one call; passes through a rebuilt copy of the model (LRP's
+        canonized network) count too.
     backward_passes:
-        Backward passes through the model's output.
+        Backward passes through the model's output, or relevance passes back through its copy
+        (LRP), in one call.
     peak_memory_mib:
-        Peak extra memory during the call: CUDA's peak allocation on a GPU; on the CPU the
-        peak of the process's resident set size (sampled every millisecond) above its size at
-        the start.
+        Peak extra memory during the call (the median over ``repeats`` calls): CUDA's peak
+        allocation on a GPU; on the CPU the peak of the process's resident set size (sampled
+        every millisecond) above its size at the start.
+    repeats:
+        How many calls were measured.
+    seconds_all, peak_memory_all_mib:
+        Every call's wall time and peak memory.
     """
 
     seconds: float
@@ -749,36 +675,74 @@ class Cost:
     forward_images: int
     backward_passes: int
     peak_memory_mib: float
+    repeats: int = 1
+    seconds_all: tuple[float, ...] = ()
+    peak_memory_all_mib: tuple[float, ...] = ()
+
+    @property
+    def memory_spread_mib(self) -> float:
+        """Largest minus smallest peak memory over the repeats (0 for one call)."""
+        peaks = self.peak_memory_all_mib or (self.peak_memory_mib,)
+        return max(peaks) - min(peaks)
+
+    def memory_mib(self, floor_mib: float = MEMORY_FLOOR_MIB) -> float | None:
+        """The peak memory when it means something, else ``None``.
+
+        Meaningful: measured at least 3 times, a median of at least ``floor_mib`` (below it the
+        CPU sampler sees allocator noise), and a spread of at most a quarter of the median.
+        Print ``None`` as "not resolved", never as 0.
+        """
+        ok = (
+            self.repeats >= 3
+            and self.peak_memory_mib >= floor_mib
+            and self.memory_spread_mib <= 0.25 * self.peak_memory_mib
+        )
+        return self.peak_memory_mib if ok else None
 
 
 def measure_cost(
-    fn: Callable[[], _R], model: nn.Module, device: torch.device | str | None = None
+    fn: Callable[[], _R],
+    model: nn.Module,
+    device: torch.device | str | None = None,
+    repeats: int = 1,
 ) -> tuple[_R, Cost]:
-    """Call ``fn()`` once and measure it; hooks on ``model`` count its passes.
+    """Call ``fn()`` ``repeats`` times and measure it; the passes are counted as they happen.
 
-    Returns ``(fn's result, Cost)``; the hooks are removed even when ``fn`` raises.
+    Forward and backward passes through ``model`` are counted by hooks on it
+    (:func:`xai_helpers.hooks.count_passes`), and passes through a rebuilt copy of it are
+    reported by the code that runs them (LRP: one forward and one relevance pass per call), all
+    from the first call. Time and memory are the medians over the calls; with ``repeats >= 3``
+    :meth:`Cost.memory_mib` says whether the memory is more than noise.
+
+    Returns ``(fn's result of the first call, Cost)``; the hooks are removed even when ``fn``
+    raises.
     """
-    counts = {"fwd": 0, "images": 0, "bwd": 0}
-
-    def on_forward(_module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        counts["fwd"] += 1
-        if inputs and isinstance(inputs[0], Tensor):
-            counts["images"] += inputs[0].shape[0]
-        if isinstance(output, Tensor) and output.requires_grad:
-            output.register_hook(lambda g: counts.__setitem__("bwd", counts["bwd"] + 1))
-
+    if not isinstance(repeats, int) or repeats < 1:
+        raise MetricError(f"repeats must be a positive int, not {repeats!r}")
     device = torch.device(device) if device is not None else _module_device(model)
-    handle = model.register_forward_hook(on_forward)
-    sampler = _PeakSampler(device)
-    try:
-        sampler.start()
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-    finally:
-        peak = sampler.stop()
-        handle.remove()
-    return result, Cost(seconds, counts["fwd"], counts["images"], counts["bwd"], peak)
+    seconds, peaks, first = [], [], None
+    for i in range(repeats):
+        sampler = _PeakSampler(device)
+        with count_passes(model) as counted:
+            try:
+                sampler.start()
+                start = time.perf_counter()
+                result = fn()
+                seconds.append(time.perf_counter() - start)
+            finally:
+                peaks.append(sampler.stop())
+        if i == 0:
+            first, passes = result, counted
+    return first, Cost(
+        seconds=statistics.median(seconds),
+        forward_passes=passes.forward,
+        forward_images=passes.images,
+        backward_passes=passes.backward,
+        peak_memory_mib=statistics.median(peaks),
+        repeats=repeats,
+        seconds_all=tuple(seconds),
+        peak_memory_all_mib=tuple(peaks),
+    )
 
 
 def _module_device(model: nn.Module) -> torch.device:

@@ -178,7 +178,11 @@ class LoadedModel:
         maps, the ones global average pooling sees (``"bn2"`` for EfficientNet-Lite, whose
         ReLU6 lives inside it; ``"layer4"`` for ResNet50; ``"features"`` for VGG16).
     input_size:
-        Side of the square input, in pixels.
+        Side of the square input, in pixels: the centre crop ``geometry`` takes.
+    resize:
+        The short side ``geometry`` resizes an image to before cropping (256 for all models
+        here), so that boxes can be mapped into the input
+        (:func:`xai_helpers.boxes.box_to_input_frame`); ``None`` when unknown.
     """
 
     name: str
@@ -192,6 +196,7 @@ class LoadedModel:
     input_size: int
     device: torch.device
     pretrained: bool = field(default=True)
+    resize: int | None = None
 
     # -- input ---------------------------------------------------------------------------------
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
@@ -338,6 +343,7 @@ def load_model(
         input_size=size,
         device=device,
         pretrained=weights == "imagenet",
+        resize=resize,
     )
 
 

@@ -14,6 +14,8 @@ Four families, each a small function with its strength as a parameter:
 * **masking** -- occluding a box or the top-k % most relevant pixels of an explanation
   (:func:`box_mask`, :func:`top_k_mask`, :func:`occlude`), against the same amount masked at
   random (:func:`random_mask`), and the resulting probability drop (:func:`masking_curve`).
+  What an occluded pixel becomes is named with the course's one baseline vocabulary
+  (``"black"``, ``"dataset_mean"``, ``"image_mean"``, ``"blur"``; :mod:`xai_helpers.baselines`).
 
 Everything works on **the picture the network sees**: the (S, S, 3) float array in [0, 1] that
 :meth:`LoadedModel.view <xai_helpers.models.LoadedModel.view>` returns (already resized and
@@ -40,7 +42,13 @@ import torch
 import torch.nn.functional as F
 from matplotlib.colors import to_rgb
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage, stats
+from scipy import stats
+
+from .baselines import BaselineName, baseline_picture
+from .boxes import box_mask
+from .errors import PerturbationError
+from .images import to_rgb_array
+from .maps import Ties, rank_pixels
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -71,13 +79,9 @@ __all__ = [
     "warp",
 ]
 
-#: How occluded pixels are filled: black, the image's mean colour, a blurred copy of the image,
-#: a grey level in [0, 1], or an RGB triple in [0, 1].
-Fill = Literal["zeros", "mean", "blur"] | float | tuple[float, float, float]
-
-
-class PerturbationError(ValueError):
-    """A perturbation got an argument it cannot use; the message says which and what to pass."""
+#: How occluded pixels are filled: a baseline name (:mod:`xai_helpers.baselines`: ``"black"``,
+#: ``"dataset_mean"``, ``"image_mean"``, ``"blur"``), a grey level in [0, 1], or an RGB triple.
+Fill = BaselineName | float | tuple[float, float, float]
 
 
 def _as_array(x: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray:
@@ -89,22 +93,8 @@ def _as_array(x: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray:
 
 
 def _as_image(image: np.ndarray | torch.Tensor | Image.Image) -> np.ndarray:
-    """An (H, W, 3) float array in [0, 1]; uint8 is rescaled, anything else is an error."""
-    a = _as_array(image)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        hint = (
-            " (channels-first? use .transpose(1, 2, 0))" if a.ndim == 3 and a.shape[0] == 3 else ""
-        )
-        raise PerturbationError(f"expected an RGB image (H, W, 3), got shape {a.shape}{hint}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if not np.issubdtype(a.dtype, np.floating):
-        raise PerturbationError(f"image dtype {a.dtype} is not supported; use uint8 or float")
-    if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
-        raise PerturbationError(
-            "float image must be finite and in [0, 1]; use LoadedModel.view(image) to get one"
-        )
-    return a
+    """An (H, W, 3) float array in [0, 1] (:func:`xai_helpers.images.to_rgb_array`)."""
+    return to_rgb_array(image, error=PerturbationError)
 
 
 def _check_fraction(fraction: float) -> None:
@@ -455,14 +445,20 @@ def _count(fraction: float, n: int) -> int:
 
 
 def top_k_mask(
-    heatmap: np.ndarray | torch.Tensor, fraction: float, valid: np.ndarray | None = None
+    heatmap: np.ndarray | torch.Tensor,
+    fraction: float,
+    valid: np.ndarray | None = None,
+    ties: Ties = "raster",
+    seed: int = 0,
 ) -> np.ndarray:
     r"""The ``fraction`` most relevant pixels of ``heatmap`` as an (H, W) bool mask.
 
     Exactly :math:`k = \lfloor f \cdot n + \tfrac12 \rfloor` pixels are selected, :math:`n` the
-    number of (valid) pixels. Ties are broken deterministically in raster order (row by row,
-    left to right): a stable sort of the values, largest first. With ``valid``, only valid
-    pixels compete and ``n`` counts only them; ``NaN`` pixels are never selected.
+    number of (valid) pixels, in the order of :func:`xai_helpers.maps.rank_pixels`. Ties are
+    broken deterministically in raster order by default (row by row, left to right: a stable
+    sort of the values, largest first); ``ties="random"`` breaks them at random (``seed``), as
+    the deletion curves of :mod:`xai_helpers.metrics` do. With ``valid``, only valid pixels
+    compete and ``n`` counts only them; ``NaN`` pixels are never selected.
     """
     _check_fraction(fraction)
     h = _as_array(heatmap).astype(np.float64)
@@ -471,12 +467,12 @@ def top_k_mask(
     ok = np.isfinite(h) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(h)
     if valid is None and not ok.all():
         raise PerturbationError("heatmap contains NaN; pass valid= to rank the valid pixels only")
-    candidates = np.flatnonzero(ok)
-    k = _count(fraction, candidates.size)
-    order = candidates[np.argsort(-h.ravel()[candidates], kind="stable")]
-    mask = np.zeros(h.size, dtype=bool)
-    mask[order[:k]] = True
-    return mask.reshape(h.shape)
+    k = _count(fraction, int(ok.sum()))
+    generator = torch.Generator().manual_seed(seed) if ties == "random" else None
+    ranks = rank_pixels(
+        torch.from_numpy(h)[None], ties, generator, valid=torch.from_numpy(ok)[None]
+    )[0]
+    return (ranks < k).numpy().reshape(h.shape)
 
 
 def random_mask(
@@ -498,48 +494,29 @@ def random_mask(
     return top_k_mask(scores, fraction)
 
 
-def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
-    """An (H, W) bool mask of the box ``(left, top, right, bottom)`` in pixels (right, bottom
-    exclusive; clipped to the image)."""
-    h, w = shape
-    left, top, right, bottom = (int(round(v)) for v in box)
-    if right <= left or bottom <= top:
-        raise PerturbationError(
-            f"box {box} is empty; use (left, top, right, bottom) with left < right"
-        )
-    mask = np.zeros((h, w), dtype=bool)
-    mask[max(top, 0) : min(bottom, h), max(left, 0) : min(right, w)] = True
-    return mask
-
-
 def occlude(
     image: np.ndarray | Image.Image,
     mask: np.ndarray,
     fill: Fill = "blur",
     blur_sigma: float = 8.0,
+    dataset_mean: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Replace the pixels under ``mask`` by ``fill``; the others keep their exact values.
 
-    ``"zeros"`` is black (far from the data, the network may react to the black shape itself),
-    ``"mean"`` the image's mean colour, ``"blur"`` a Gaussian blur (``blur_sigma`` pixels) of the
-    image that removes detail but keeps colour and low frequencies, a number a grey level,
-    a triple an RGB colour.
+    ``fill`` is a baseline name (:mod:`xai_helpers.baselines`): ``"black"`` (far from the data,
+    the network may react to the black shape itself), ``"dataset_mean"`` (the training set's
+    mean colour: pass ``dataset_mean=loaded.mean``), ``"image_mean"`` (the image's own mean
+    colour), ``"blur"`` (a Gaussian blur of ``blur_sigma`` pixels that removes detail but keeps
+    colour and low frequencies); or a grey level, or an RGB triple, in [0, 1].
     """
     img = _as_image(image)
     m = np.asarray(mask, dtype=bool)
     if m.shape != img.shape[:2]:
         raise PerturbationError(f"mask {m.shape} does not match image {img.shape[:2]}")
     if isinstance(fill, str):
-        if fill == "zeros":
-            filler = np.zeros_like(img)
-        elif fill == "mean":
-            filler = np.broadcast_to(img.mean(axis=(0, 1), keepdims=True), img.shape)
-        elif fill == "blur":
-            filler = ndimage.gaussian_filter(img, sigma=(blur_sigma, blur_sigma, 0), mode="reflect")
-        else:
-            raise PerturbationError(
-                f"unknown fill {fill!r}; use 'zeros', 'mean', 'blur', a grey level or an RGB triple"
-            )
+        filler = baseline_picture(
+            img, fill, dataset_mean, blur_sigma, error=PerturbationError, what="fill"
+        )
     else:
         value = np.asarray(fill, dtype=img.dtype)
         if value.size not in (1, 3) or value.min() < 0 or value.max() > 1:
@@ -582,21 +559,27 @@ def masking_curve(
     fill: Fill = "blur",
     seeds: Sequence[int] = (0, 1, 2),
     block: int = 16,
+    ties: Ties = "raster",
 ) -> MaskingCurve:
     """Mask the top-k % of ``heatmap`` and, for comparison, k % at random; re-classify.
 
     A faithful explanation points at pixels the model needs: masking them should lower the
     class probability more than masking the same amount at random (the idea behind the
-    deletion metric of Petsiuk et al., "RISE", BMVC 2018). One batched forward pass.
+    deletion metric of Petsiuk et al., "RISE", BMVC 2018). One batched forward pass. ``fill``
+    as in :func:`occlude` (``"dataset_mean"`` is the loaded model's mean colour); ``ties`` as
+    in :func:`top_k_mask` (raster order by default, as always; :func:`xai_helpers.metrics.
+    deletion` breaks ties at random).
     """
     img = _as_image(image)
     fr = np.asarray(fractions, dtype=np.float64)
     shape = img.shape[:2]
+
+    def masked(mask: np.ndarray) -> np.ndarray:
+        return occlude(img, mask, fill, dataset_mean=loaded.mean)
+
     pictures = [img]
-    pictures += [occlude(img, top_k_mask(heatmap, f), fill) for f in fr]
-    pictures += [
-        occlude(img, random_mask(shape, f, seed=s, block=block), fill) for s in seeds for f in fr
-    ]
+    pictures += [masked(top_k_mask(heatmap, f, ties=ties)) for f in fr]
+    pictures += [masked(random_mask(shape, f, seed=s, block=block)) for s in seeds for f in fr]
     probs = class_probability(loaded, pictures, target)
     return MaskingCurve(
         fractions=fr,

@@ -190,6 +190,25 @@ def _register_course_methods() -> None:
             "lrp", "LRP", lrp_map, "lrp", signed=True, layer="none",
             citation="Bach et al., PLOS ONE 2015; Montavon et al. 2019",
         ),
+        # the CAM variants of notebook 07 (after LRP and the gradient family, in learning order)
+        Method(
+            "xgrad_cam", "XGrad-CAM", cam_family(cams.xgrad_cam), "cam", layer="any",
+            citation="Fu et al., BMVC 2020",
+        ),
+        Method(
+            "layer_cam", "LayerCAM", cam_family(cams.layer_cam), "cam", layer="any",
+            citation="Jiang et al., IEEE TIP 2021",
+        ),
+        Method(
+            "eigen_cam", "Eigen-CAM", cam_family(cams.eigen_cam), "cam", layer="any",
+            needs_gradients=False, class_discriminative=False,
+            citation="Muhammad & Yeasin, IJCNN 2020",
+        ),
+        Method(
+            "ablation_cam", "Ablation-CAM", cam_family(cams.ablation_cam), "cam", layer="any",
+            needs_gradients=False, reports_progress=True,
+            citation="Desai & Ramaswamy, WACV 2020",
+        ),
     ):
         register(record)
 

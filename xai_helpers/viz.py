@@ -32,16 +32,19 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .images import to_rgb_array
+from .maps import normalize_per_image, upsample
+
 __all__ = [
     "Scale",
     "color_limits",
+    "draw_boxes",
     "grey_image",
     "normalize_map",
     "overlay",
@@ -66,24 +69,21 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def to_numpy_image(image: Image.Image | ArrayLike) -> np.ndarray:
-    """A PIL image, (H, W, 3) array or (3, H, W) tensor as an (H, W, 3) float array in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    a = _as_numpy(image)
-    if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
-        a = a.transpose(1, 2, 0)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image (H, W, 3), got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    return np.clip(a.astype(np.float32), 0.0, 1.0)
+    """A PIL image, (H, W, 3) array or (3, H, W) tensor as an (H, W, 3) float32 array in [0, 1].
+
+    The conversion is :func:`xai_helpers.images.to_rgb_array`: a float picture outside [0, 1]
+    is an error (e.g. a normalised tensor passed as a picture: use ``LoadedModel.unnormalize``),
+    never silently clipped.
+    """
+    return to_rgb_array(image, error=ValueError).astype(np.float32, copy=False)
 
 
 def upsample_map(heatmap: ArrayLike, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
-    """Resize a low-resolution map (h, w) or a batch (N, h, w) to ``size = (H, W)``.
+    """Resize a low-resolution map (h, w) or a batch (N, h, w) to ``size = (H, W)``, in float32.
 
-    Bilinear with ``align_corners=False``, as ``F.interpolate`` and the CAM papers' code do, so
-    each low-resolution cell is centred on the patch of pixels it summarises.
+    :func:`xai_helpers.maps.upsample`: bilinear with ``align_corners=False``, as
+    ``F.interpolate`` and the CAM papers' code do, so each low-resolution cell is centred on the
+    patch of pixels it summarises.
     """
     t = torch.as_tensor(_as_numpy(heatmap), dtype=torch.float32)
     squeeze = t.dim() == 2
@@ -91,22 +91,19 @@ def upsample_map(heatmap: ArrayLike, size: tuple[int, int], mode: str = "bilinea
         t = t[None]
     if t.dim() != 3:
         raise ValueError(f"expected a map (h, w) or a batch (N, h, w), got shape {tuple(t.shape)}")
-    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
-    up = F.interpolate(t[:, None], size=tuple(size), mode=mode, **kwargs)[:, 0]
-    out = up.numpy()
+    out = upsample(t, tuple(size), mode=mode).numpy()
     return out[0] if squeeze else out
 
 
 def normalize_map(heatmap: ArrayLike, eps: float = 1e-12) -> np.ndarray:
-    r"""Min-max normalise to [0, 1]: :math:`(M - \min M) / (\max M - \min M)`.
+    r"""Min-max normalise one map to [0, 1]: :math:`(M - \min M) / (\max M - \min M)`, float64.
 
-    A constant map (nothing to explain, e.g. a CAM that ReLU zeroed) becomes all zeros, never NaN.
+    :func:`xai_helpers.maps.normalize_per_image` on a batch of one: a map whose range is at most
+    ``eps`` (nothing to explain, e.g. a CAM that ReLU zeroed) becomes all zeros, never NaN;
+    NaN pixels stay NaN.
     """
-    a = _as_numpy(heatmap).astype(np.float64)
-    lo, hi = a.min(), a.max()
-    if hi - lo < eps:
-        return np.zeros_like(a)
-    return (a - lo) / (hi - lo)
+    a = torch.from_numpy(np.array(_as_numpy(heatmap), dtype=np.float64))
+    return normalize_per_image(a[None], eps=eps)[0].numpy()
 
 
 def use_course_style() -> None:
@@ -274,6 +271,38 @@ def show_map(
     if title:
         ax.set_title(title)
     ax.set_axis_off()
+    return ax
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes: Mapping[str, Sequence[float]] | Sequence[Sequence[float]],
+    color: str = "white",
+    linewidth: float = 1.5,
+    fontsize: float = 10,
+) -> Axes:
+    """Outline boxes ``(left, top, right, bottom)`` on an image drawn with ``imshow``, labelled.
+
+    ``boxes`` is ``{label: box}`` (e.g. ``xai_helpers.boxes.sample_boxes(name, loaded)``, boxes in
+    the picture the model sees) or a list of boxes (no labels). Box edges are pixel edges
+    (right and bottom exclusive) and ``imshow`` centres pixel ``i`` at ``i``, so the outline
+    starts half a pixel before ``left`` and ``top``: it encloses exactly the pixels
+    :func:`xai_helpers.boxes.boxes_to_mask` counts as inside.
+    """
+    items = boxes.items() if isinstance(boxes, Mapping) else [(None, b) for b in boxes]
+    for label, (left, top, right, bottom) in items:
+        ax.add_patch(
+            plt.Rectangle(
+                (left - 0.5, top - 0.5),
+                right - left,
+                bottom - top,
+                fill=False,
+                edgecolor=color,
+                linewidth=linewidth,
+            )
+        )
+        if label is not None:
+            ax.text(left + 2, top + 2, label, color=color, fontsize=fontsize, va="top")
     return ax
 
 
