@@ -43,13 +43,13 @@ from typing import Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .baselines import BaselineName, baseline_batch
 from .hooks import capture, restore_state, substitute
 from .inputs import Target, check_batch, resolve_targets
 from .maps import normalize_per_image, upsample
 from .models import LoadedModel
+from .progress import ProgressFn, Reporter
 
 __all__ = [
     "CamError",
@@ -86,8 +86,6 @@ __all__ = [
 WeightFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 #: ``cam_image(activations, gradients)``: the (N, h, w) map before the ReLU.
 CamImageFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-#: ``progress(done, total)``, called by Score-CAM and Ablation-CAM after every forward pass.
-ProgressFn = Callable[[int, int], None]
 
 
 class CamError(ValueError):
@@ -610,26 +608,6 @@ def _channel_masks(act: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return normalize_per_image(upsample(act, size))
 
 
-class _Progress:
-    """A tqdm bar (``progress=True``), nothing (``False``) or calls of ``progress(done, total)``."""
-
-    def __init__(self, total: int, progress: bool | ProgressFn, desc: str) -> None:
-        self.total, self.done = total, 0
-        self.callback = progress if callable(progress) else None
-        self.bar = tqdm(total=total, desc=desc, disable=progress is not True, leave=False)
-        if self.callback is not None:
-            self.callback(0, total)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.bar.update(n)
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _first_copies(x: torch.Tensor) -> list[int]:
     """For each image, the index of its first identical copy in the batch (itself if none).
 
@@ -698,7 +676,7 @@ def score_cam(
     variant:
         ``"probability"`` (default: arXiv v1 and the authors' code) or ``"softmax_logits"``.
     progress:
-        ``True``: a tqdm progress bar over the forward passes' images; ``False``: none; a
+        ``True``: a text progress bar (:mod:`xai_helpers.progress`) over the forward passes' images; ``False``: none; a
         callable ``progress(done, total)``: called after every forward pass (a widget's bar).
     baseline:
         ``None`` (default): no baseline score is subtracted, and the mask multiplies the
@@ -736,7 +714,7 @@ def score_cam(
         unique = sorted(set(first))
         extra = [1 if base is not None else int(not bool(varying[i].all())) for i in range(n)]
         total = sum(int(varying[i].sum()) + extra[i] for i in unique)
-        bar = _Progress(total, progress, "Score-CAM")
+        bar = Reporter(total, progress, desc="Score-CAM", unit="pass")
 
         def scores(batch: torch.Tensor) -> torch.Tensor:  # (B, C): every class at once
             # A channels_last input alone cut CPU time per image by ~30 % for Lite0 (measured),
@@ -861,7 +839,9 @@ def ablation_cam(
         live = activations.flatten(2).ne(0).any(dim=2)  # (N, K)
         first = _first_copies(x)
         unique = sorted(set(first))
-        bar = _Progress(sum(int(live[i].sum()) for i in unique), progress, "Ablation-CAM")
+        bar = Reporter(
+            sum(int(live[i].sum()) for i in unique), progress, desc="Ablation-CAM", unit="pass"
+        )
         weights = torch.empty(n, k, dtype=x.dtype, device=x.device)
         state: dict[str, bool] = {}
         try:

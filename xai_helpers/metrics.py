@@ -64,6 +64,7 @@ from .hooks import count_passes
 from .inputs import check_batch, resolve_targets
 from .maps import Ties, normalize_per_image, rank_pixels, upsample
 from .perturb import rank_correlation
+from .progress import progress as progress_bar
 
 __all__ = [
     "BOXES_PATH",
@@ -266,9 +267,7 @@ def perturbation_curve(
     flat_x, flat_b = x.flatten(2), base.flatten(2)
     batches = range(0, total, batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=mode, leave=False)
+        batches = progress_bar(batches, desc=mode, leave=False)
     for start in batches:
         pair = torch.arange(start, min(start + batch_size, total), device=x.device)
         image, step = pair // (steps + 1), pair % (steps + 1)
@@ -623,9 +622,7 @@ def cascading_randomization(
     all_maps, names = [original], ["original"]
     steps = list(layers)
     if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="randomising", leave=False)
+        steps = progress_bar(steps, desc="randomising", leave=False)
     for name in steps:
         randomize_layers(work, [name], seed=seed, inplace=True)
         all_maps.append(explain(work, x, target).detach())
