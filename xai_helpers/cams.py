@@ -676,8 +676,9 @@ def score_cam(
     variant:
         ``"probability"`` (default: arXiv v1 and the authors' code) or ``"softmax_logits"``.
     progress:
-        ``True``: a text progress bar (:mod:`xai_helpers.progress`) over the forward passes' images; ``False``: none; a
-        callable ``progress(done, total)``: called after every forward pass (a widget's bar).
+        ``True``: a text progress bar (:mod:`xai_helpers.progress`) over the forward passes'
+        images; ``False``: none; a callable ``progress(done, total)``: called after every
+        forward pass (a widget's bar).
     baseline:
         ``None`` (default): no baseline score is subtracted, and the mask multiplies the
         *normalised* input, :math:`X \circ H^k`, so a masked-out pixel becomes the dataset mean
