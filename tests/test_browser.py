@@ -269,8 +269,14 @@ class Explorer:
         self.status = root.locator(".widget-html", has=page.locator(".xai-msg"))
         self.cancel = root.locator("button", has_text="Cancel")
 
+    def dropdown(self, label: str) -> Locator:
+        """The dropdown whose own label reads ``label`` (not one whose options contain it)."""
+        exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+        name = self.page.locator("label.widget-label", has_text=exact)
+        return self.root.locator(".widget-dropdown", has=name)
+
     def select(self, label: str) -> Locator:
-        return self.root.locator(".widget-dropdown", has_text=label).locator("select")
+        return self.dropdown(label).locator("select")
 
     def chosen(self, label: str) -> str:
         return self.select(label).evaluate("s => s.options[s.selectedIndex].text")
@@ -368,7 +374,7 @@ def test_explorers_render_and_respond_in_jupyterlab(lab: tuple[str, Path]) -> No
             ex.root.scroll_into_view_if_needed()
             expect(ex.status).to_contain_text("Grad-CAM of 'tiger cat' (282) on chelsea")
             for label in ("image", "method", "class", "layer", "colours"):
-                expect(ex.root.locator(".widget-dropdown", has_text=label)).to_have_count(1)
+                expect(ex.dropdown(label)).to_have_count(1)
             for broken in ("could not be displayed", "Error displaying widget"):
                 assert page.get_by_text(broken).count() == 0, broken
 
