@@ -51,7 +51,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +321,9 @@ def _fingerprint(items: Sequence[ImageItem]) -> str:
 
 def _settings(config: EvaluateConfig, items: Sequence[ImageItem]) -> dict[str, Any]:
     settings = {k: getattr(config, k) for k in EvaluateConfig.IDENTITY}
-    settings["images"] = config.images if config.images == SAMPLES else str(Path(config.images).resolve())
+    settings["images"] = (
+        config.images if config.images == SAMPLES else str(Path(config.images).resolve())
+    )
     settings["n_images"] = len(items)
     settings["fingerprint"] = _fingerprint(items)
     return settings
@@ -354,29 +356,36 @@ def _prepare_out(config: EvaluateConfig, settings: dict[str, Any], rank: int, wo
         raise DataError(f"process {rank} sees other images or settings than process 0")
 
 
-def _targets(lm: LoadedModel, x: torch.Tensor, labels: Sequence[int | None]) -> tuple[list[int], list[int]]:
+def _targets(
+    lm: LoadedModel, x: torch.Tensor, labels: Sequence[int | None]
+) -> tuple[list[int], list[int]]:
     with torch.no_grad():
         predicted = lm.model(x).argmax(1).tolist()
-    return [p if lab is None else int(lab) for lab, p in zip(labels, predicted, strict=True)], predicted
+    return [
+        p if lab is None else int(lab) for lab, p in zip(labels, predicted, strict=True)
+    ], predicted
 
 
-def run(config: EvaluateConfig) -> RunStats:
+def run(config: EvaluateConfig, lm: LoadedModel | None = None) -> RunStats:
     """Run (or resume) the evaluation described by ``config`` in this process.
 
     Under ``torchrun`` the process group is set up here (gloo) and torn down at the end. Returns
-    what this process did; rank 0 has written the merged table and the summary.
+    what this process did; rank 0 has written the merged table and the summary. ``lm``: a model
+    already loaded (it must be ``config.model`` with ``config.weights``), else it is loaded here.
     """
     rank, world, local = _distributed()
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     try:
-        return _run(config, rank, world, local)
+        return _run(config, rank, world, local, lm)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _run(config: EvaluateConfig, rank: int, world: int, local: int) -> RunStats:
+def _run(
+    config: EvaluateConfig, rank: int, world: int, local: int, lm: LoadedModel | None
+) -> RunStats:
     for name in config.methods:
         get_method(name)  # an unknown name fails before any work
     unknown = [m for m in config.metrics or [] if m not in METRICS]
@@ -384,8 +393,17 @@ def _run(config: EvaluateConfig, rank: int, world: int, local: int) -> RunStats:
         raise DataError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
     if config.steps < 1 or config.batch_size < 1:
         raise DataError("--steps and --batch-size must be at least 1")
-    device = config.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    lm = load_model(config.model, device=device, weights=None if config.weights == "random" else "imagenet")
+    if config.images != SAMPLES and not Path(config.images).is_dir():
+        raise DataError(f"image folder {config.images} does not exist or is not a folder")
+    if (Path(config.out) / "run.json").is_file() and not config.resume:
+        raise DataError(
+            f"{config.out} already holds a run; pass --resume to continue it, or choose "
+            "another --out"
+        )
+    if lm is None:
+        device = config.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        weights = None if config.weights == "random" else "imagenet"
+        lm = load_model(config.model, device=device, weights=weights)
     items, boxes_source = _items(config, lm)
     if config.metrics is None:
         with_boxes = any(it.boxes for it in items)
@@ -466,7 +484,14 @@ def _unit(
         start = time.perf_counter()
         try:
             results = evaluate_batch(
-                lm, x, targets, method, metrics, masks, config.steps, config.metric_batch_size,
+                lm,
+                x,
+                targets,
+                method,
+                metrics,
+                masks,
+                config.steps,
+                config.metric_batch_size,
                 config.seed,
             )
         except (ValueError, RuntimeError) as err:  # a method or metric that fails on this batch
@@ -501,7 +526,11 @@ def _unit(
             if info is None:
                 row.update(status="skipped", reason=it.reason, seconds=None)
             else:
-                row.update(target=info["target"], target_source=info["target_source"], predicted=info["predicted"])
+                row.update(
+                    target=info["target"],
+                    target_source=info["target_source"],
+                    predicted=info["predicted"],
+                )
                 if error:
                     row.update(status="error", reason=error)
                 else:
@@ -537,37 +566,54 @@ def build_parser() -> argparse.ArgumentParser:
             "resumable, and sharded across processes under torchrun."
         ),
     )
-    p.add_argument("images", help=f"folder of images (recursive), or '{SAMPLES}' for the course's photos")
+    p.add_argument(
+        "images", help=f"folder of images (recursive), or '{SAMPLES}' for the course's photos"
+    )
     p.add_argument("--out", required=True, help="output folder (results.csv, summary.md, ...)")
     p.add_argument("--model", default="efficientnet_lite0", choices=MODEL_NAMES)
     p.add_argument(
-        "--weights", default="imagenet", choices=("imagenet", "random"),
+        "--weights",
+        default="imagenet",
+        choices=("imagenet", "random"),
         help="random: untrained weights, for trying the pipeline only",
     )
     p.add_argument(
-        "--methods", nargs="+", default=None,
+        "--methods",
+        nargs="+",
+        default=None,
         help=f"method names, space or comma separated (default: all: {', '.join(METHODS)})",
     )
     p.add_argument(
-        "--metrics", nargs="+", default=None,
+        "--metrics",
+        nargs="+",
+        default=None,
         help=f"metric names (default: all that apply; {', '.join(METRICS)})",
     )
     p.add_argument(
-        "--labels", default="auto",
+        "--labels",
+        default="auto",
         help="auto (class sub-folders), none (explain the top-1 class), or a CSV file image,label",
     )
-    p.add_argument("--boxes", default=None, help="course JSON boxes file, or a folder of ImageNet XML files")
+    p.add_argument(
+        "--boxes", default=None, help="course JSON boxes file, or a folder of ImageNet XML files"
+    )
     p.add_argument("--steps", type=int, default=50, help="deletion/insertion steps K (default 50)")
     p.add_argument("--batch-size", type=int, default=8, help="images per unit of work (default 8)")
-    p.add_argument("--metric-batch-size", type=int, default=64, help="images per forward pass in the metrics")
-    p.add_argument("--seed", type=int, default=0, help="seed of the deletion/insertion tie-breaking")
+    p.add_argument(
+        "--metric-batch-size", type=int, default=64, help="images per forward pass in the metrics"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the deletion/insertion tie-breaking"
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N images (to try a run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the GPU if any)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figures", action="store_true", help="no PNG figures")
-    p.add_argument("--summary-only", action="store_true", help="only merge the shards in --out and summarise")
+    p.add_argument(
+        "--summary-only", action="store_true", help="only merge the shards in --out and summarise"
+    )
     return p
 
 
@@ -575,7 +621,9 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
     """The :class:`EvaluateConfig` of parsed command-line arguments."""
     workers = args.workers
     if workers is None:
-        workers = min(4, max(0, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+        workers = min(
+            4, max(0, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+        )
     return EvaluateConfig(
         images=args.images,
         out=args.out,

@@ -245,7 +245,9 @@ def _read_xml_folder(folder: Path, class_names: Sequence[str]) -> dict[str, tupl
             bb = obj.find("bndbox")
             if bb is None:
                 continue
-            box = tuple(float(bb.findtext(k, default="nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            box = tuple(
+                float(bb.findtext(k, default="nan")) for k in ("xmin", "ymin", "xmax", "ymax")
+            )
             objects.append(ObjectBox(box, () if index is None else (index,)))
         out[path.stem] = tuple(objects)
     return out

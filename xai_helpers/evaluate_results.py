@@ -240,7 +240,9 @@ class SummaryRow:
     skipped: int
 
 
-def summarize(rows: Iterable[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]) -> list[SummaryRow]:
+def summarize(
+    rows: Iterable[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]
+) -> list[SummaryRow]:
     """Mean and bootstrap interval of every method and metric over the rows with status ``ok``;
     ``skipped`` counts the other rows (unreadable images, images without a box, errors)."""
     values: dict[tuple[str, str], list[float]] = {}
@@ -257,7 +259,9 @@ def summarize(rows: Iterable[dict[str, Any]], methods: Sequence[str], metrics: S
             v = values.get((method, metric), [])
             lo, hi = bootstrap_interval(v)
             mean = float(np.mean(v)) if v else math.nan
-            out.append(SummaryRow(method, metric, len(v), mean, lo, hi, other.get((method, metric), 0)))
+            out.append(
+                SummaryRow(method, metric, len(v), mean, lo, hi, other.get((method, metric), 0))
+            )
     return out
 
 
@@ -352,7 +356,14 @@ def _figures(
         fig, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 3.6), squeeze=False)
         for ax, metric in zip(axes[0], curves, strict=True):
             for method in methods:
-                got = [r["curve"] for r in rows if r["method"] == method and r["metric"] == metric and r["status"] == "ok" and r.get("curve")]
+                got = [
+                    r["curve"]
+                    for r in rows
+                    if r["method"] == method
+                    and r["metric"] == metric
+                    and r["status"] == "ok"
+                    and r.get("curve")
+                ]
                 if not got:
                     continue
                 mean = np.mean(np.asarray(got, dtype=np.float64), axis=0)
@@ -375,16 +386,31 @@ def _figures(
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         data = [
-            [float(r["value"]) for r in rows if r["method"] == m and r["metric"] == metric and r["status"] == "ok" and r["value"] is not None]
+            [
+                float(r["value"])
+                for r in rows
+                if r["method"] == m
+                and r["metric"] == metric
+                and r["status"] == "ok"
+                and r["value"] is not None
+            ]
             for m in methods
         ]
         positions = [i for i, d in enumerate(data) if d]
         if positions:
-            ax.boxplot([data[i] for i in positions], positions=positions, widths=0.6, showfliers=False)
+            ax.boxplot(
+                [data[i] for i in positions], positions=positions, widths=0.6, showfliers=False
+            )
             for i in positions:
                 jitter = np.linspace(-0.15, 0.15, len(data[i])) if len(data[i]) > 1 else [0.0]
                 ax.plot(np.asarray(jitter) + i, data[i], ".", color="tab:blue", alpha=0.6, ms=4)
-        ax.set_xticks(range(len(methods)), [labels.get(m, m) for m in methods], rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(methods)),
+            [labels.get(m, m) for m in methods],
+            rotation=60,
+            ha="right",
+            fontsize=8,
+        )
         title, better = info.get(metric, (metric, "higher"))
         ax.set_title(f"{title} ({better} is better)", fontsize=9)
     fig.suptitle("per-image values (box: quartiles; dots: images)", fontsize=10)
