@@ -324,7 +324,7 @@ def write_outputs(
     )
     (out / "summary.md").write_text(text + note)
     if figures:
-        _figures(out, rows, methods, metrics, labels or {}, info)
+        _figures(out, rows, summary, methods, metrics, labels or {}, info)
     return summary
 
 
@@ -341,6 +341,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
 def _figures(
     out: Path,
     rows: list[dict[str, Any]],
+    summary: Sequence[SummaryRow],
     methods: Sequence[str],
     metrics: Sequence[str],
     labels: dict[str, str],
@@ -383,10 +384,18 @@ def _figures(
         fig.savefig(out / "curves.png", dpi=110)
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        data = [
-            [
+    cols = min(3, len(metrics))
+    nrows = (len(metrics) + cols - 1) // cols
+    width = max(3.6, 0.55 * len(methods) + 1.2)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows), squeeze=False)
+    by = {(s.method, s.metric): s for s in summary}
+    for k, ax in enumerate(axes.flat):
+        if k >= len(metrics):
+            ax.set_visible(False)
+            continue
+        metric = metrics[k]
+        for i, m in enumerate(methods):
+            data = [
                 float(r["value"])
                 for r in rows
                 if r["method"] == m
@@ -394,26 +403,26 @@ def _figures(
                 and r["status"] == "ok"
                 and r["value"] is not None
             ]
-            for m in methods
-        ]
-        positions = [i for i, d in enumerate(data) if d]
-        if positions:
-            ax.boxplot(
-                [data[i] for i in positions], positions=positions, widths=0.6, showfliers=False
-            )
-            for i in positions:
-                jitter = np.linspace(-0.15, 0.15, len(data[i])) if len(data[i]) > 1 else [0.0]
-                ax.plot(np.asarray(jitter) + i, data[i], ".", color="tab:blue", alpha=0.6, ms=4)
+            if not data:
+                continue
+            spread = np.random.default_rng(i).uniform(-0.2, 0.2, len(data))  # jitter, seeded
+            ax.plot(i + spread, data, "o", color="tab:blue", alpha=0.45, ms=4, mew=0)
+            s = by[(m, metric)]
+            ax.errorbar(
+                i + 0.32, s.mean, yerr=[[s.mean - s.low], [s.high - s.mean]], fmt="D",
+                color="black", ms=5, capsize=3,
+            )  # fmt: skip
         ax.set_xticks(
             range(len(methods)),
             [labels.get(m, m) for m in methods],
-            rotation=60,
+            rotation=45,
             ha="right",
-            fontsize=8,
+            fontsize=9,
         )
+        ax.set_xlim(-0.6, len(methods) - 0.4)
         title, better = info.get(metric, (metric, "higher"))
-        ax.set_title(f"{title} ({better} is better)", fontsize=9)
-    fig.suptitle("per-image values (box: quartiles; dots: images)", fontsize=10)
+        ax.set_title(f"{title} ({better} is better)", fontsize=10)
+    fig.suptitle("per image (blue dots) and mean with 95 % bootstrap interval (black)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out / "distributions.png", dpi=110)
     plt.close(fig)
