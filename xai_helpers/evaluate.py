@@ -662,13 +662,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # DataError, ModelError, UnknownMethodError
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    rate = stats.explanations / stats.seconds if stats.seconds > 0 else float("nan")
+    print(
+        f"rank {stats.rank} of {stats.world}: {stats.units_computed} units computed "
+        f"({stats.units_done_before} done before), {stats.explanations} explanations in "
+        f"{stats.seconds:.1f} s ({rate:.2f} explanations/s)",
+        flush=True,
+    )
     if stats.rank == 0:
-        rate = stats.explanations / stats.seconds if stats.seconds > 0 else float("nan")
-        print(
-            f"rank 0 of {stats.world}: {stats.units_computed} units computed "
-            f"({stats.units_done_before} done before), {stats.explanations} explanations in "
-            f"{stats.seconds:.1f} s ({rate:.2f} explanations/s)"
-        )
         print((Path(config.out) / "summary.md").read_text())
         print(f"results: {Path(config.out) / 'results.csv'}")
     return 0
