@@ -7,12 +7,13 @@
 Makes a folder of ``--images`` distinct images from the sample photos (mirrored and shifted
 crops), runs ``python -m xai_helpers.evaluate`` on it once per process count (1: one process
 with ``--threads`` torch threads, default 1; 2: ``torchrun --nproc-per-node 2``, one thread
-each, as torchrun sets ``OMP_NUM_THREADS=1``), and reports per method the images per second of the whole evaluation
-(explanation and every metric, from the per-unit times in the results) and the scaling
-efficiency :math:`E = r_2 / (2 r_1)` of the rates :math:`r_p` with :math:`p` processes. The
-rate of a sharded run is the images divided by the slowest process's time for that method.
-The merged tables of the runs are compared: the same rows, and values equal up to the last
-bits of float sums that another number of threads splits differently.
+each, as torchrun sets ``OMP_NUM_THREADS=1``), and reports per method the images per second of
+the whole evaluation (explanation and every metric, from the per-unit times in the results) and
+the scaling efficiency :math:`E = r_2 / (2 r_1)` of the rates :math:`r_p` with :math:`p`
+processes. The rate of a sharded run is the images divided by the slowest process's time for
+that method. The merged tables of the runs are compared: with the same number of threads per
+process they are identical; with another number, float sums split differently may change the
+last bits of a map, which can reorder nearly tied pixels in a deletion curve.
 
 Writes ``benchmarks/results/evaluate.md`` (with the machine and its load average) and prints it.
 """

@@ -309,3 +309,35 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert main(["samples", "--out", str(tmp_path / "o"), "--methods", "grad_cm"]) == 2
     err = capsys.readouterr().err.strip()
     assert "grad_cam" in err and "\n" not in err
+
+
+def test_imagenet_layout_labels_from_xml_boxes_and_a_seeded_sample(tmp_path):
+    from types import SimpleNamespace
+
+    from xai_helpers.evaluate import _items
+
+    names = imagenet_classes()
+    (tmp_path / "val").mkdir()
+    (tmp_path / "xml").mkdir()
+    for i, wnid in enumerate(["n01440764", "n02124075", "n01440764", "n04266014"], start=1):
+        stem = f"ILSVRC2012_val_{i:08d}"
+        Image.new("RGB", (60, 50)).save(tmp_path / "val" / f"{stem}.JPEG")
+        (tmp_path / "xml" / f"{stem}.xml").write_text(
+            f"<annotation><object><name>{wnid}</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+            "<xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>"
+        )
+    lm = SimpleNamespace(class_names=names)
+    config = EvaluateConfig(str(tmp_path / "val"), str(tmp_path / "o"), labels="boxes")
+    config.boxes = str(tmp_path / "xml")
+    items, _ = _items(config, lm)
+    assert [it.label for it in items] == [0, 285, 0, resolve_class("n04266014", names)]
+    assert items[1].boxes[0].box == (1.0, 2.0, 30.0, 40.0)
+    config.sample = 2
+    first = [it.key for it in _items(config, lm)[0]]
+    assert len(first) == 2 and first == sorted(first)
+    assert first == [it.key for it in _items(config, lm)[0]]  # the same draw every time
+    draws = set()
+    for seed in range(8):
+        config.seed = seed
+        draws.add(tuple(it.key for it in _items(config, lm)[0]))
+    assert len(draws) > 1  # the seed decides which images

@@ -48,6 +48,7 @@ import datetime
 import hashlib
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -142,6 +143,7 @@ class EvaluateConfig:
     metric_batch_size: int = 64
     seed: int = 0
     limit: int | None = None
+    sample: int | None = None
     resume: bool = False
     workers: int = 0
     device: str | None = None
@@ -160,6 +162,7 @@ class EvaluateConfig:
         "metric_batch_size",
         "seed",
         "limit",
+        "sample",
     )
 
 
@@ -289,10 +292,14 @@ def _items(config: EvaluateConfig, lm: LoadedModel) -> tuple[list[ImageItem], st
     else:
         root = Path(config.images)
     paths = find_images(root)
+    if config.sample is not None and config.sample < len(paths):
+        chosen = random.Random(config.seed).sample(range(len(paths)), config.sample)
+        paths = [paths[i] for i in sorted(chosen)]
     if config.limit is not None:
         paths = paths[: config.limit]
     names = lm.class_names
-    if config.labels == "none":
+    boxes = read_boxes(boxes_source, names) if boxes_source else {}
+    if config.labels in ("none", "boxes"):
         labels: dict[str, int] = {}
     elif config.labels == "auto":
         labels = folder_labels(root, paths, names) or {}
@@ -304,11 +311,15 @@ def _items(config: EvaluateConfig, lm: LoadedModel) -> tuple[list[ImageItem], st
             found = match_key(key, table)
             if found is not None:
                 labels[key] = found
-    boxes = read_boxes(boxes_source, names) if boxes_source else {}
     items = []
     for i, p in enumerate(paths):
         key = p.relative_to(root).as_posix()
-        items.append(ImageItem(i, p, key, labels.get(key), match_key(key, boxes)))
+        objects = match_key(key, boxes)
+        label = labels.get(key)
+        if config.labels == "boxes" and objects:
+            named = {c for o in objects for c in o.classes}
+            label = named.pop() if len(named) == 1 else None  # ImageNet: one class per image
+        items.append(ImageItem(i, p, key, label, objects))
     return items, boxes_source
 
 
@@ -592,7 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels",
         default="auto",
-        help="auto (class sub-folders), none (explain the top-1 class), or a CSV file image,label",
+        help=(
+            "auto (class sub-folders), none (explain the top-1 class), boxes (the class the "
+            "image's boxes name, as in ImageNet's validation XML files), or a CSV file "
+            "image,label"
+        ),
     )
     p.add_argument(
         "--boxes", default=None, help="course JSON boxes file, or a folder of ImageNet XML files"
@@ -603,9 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric-batch-size", type=int, default=64, help="images per forward pass in the metrics"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the deletion/insertion tie-breaking"
+        "--seed", type=int, default=0, help="seed of the tie-breaking in the curves and of --sample"
     )
     p.add_argument("--limit", type=int, default=None, help="only the first N images (to try a run)")
+    p.add_argument(
+        "--sample", type=int, default=None, help="a random subset of N images (drawn with --seed)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the GPU if any)")
@@ -638,6 +656,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluateConfig:
         metric_batch_size=args.metric_batch_size,
         seed=args.seed,
         limit=args.limit,
+        sample=args.sample,
         resume=args.resume,
         workers=workers,
         device=args.device,
