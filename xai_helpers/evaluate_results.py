@@ -274,7 +274,8 @@ def _fmt(v: float) -> str:
 def summary_markdown(
     summary: Sequence[SummaryRow], labels: dict[str, str], metric_info: dict[str, tuple[str, str]]
 ) -> str:
-    """The paper-style table: a row per method, a column per metric, ``mean [low, high]``.
+    """The paper-style table: a row per method, a column per metric, ``mean [low, high]``
+    (followed by the number of images where a metric had fewer, e.g. images with a box).
 
     ``metric_info[metric] = (column title, "lower" or "higher")`` (which is better).
     """
@@ -289,7 +290,8 @@ def summary_markdown(
         cells = [labels.get(method, method), str(n)]
         for m in metrics:
             s = by[(method, m)]
-            cells.append(f"{_fmt(s.mean)} [{_fmt(s.low)}, {_fmt(s.high)}]" if s.n else "n/a")
+            cell = f"{_fmt(s.mean)} [{_fmt(s.low)}, {_fmt(s.high)}]" if s.n else "n/a"
+            cells.append(cell + (f" (n = {s.n})" if 0 < s.n < n else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
