@@ -406,7 +406,7 @@ def _run(
         raise DataError("--steps and --batch-size must be at least 1")
     if config.images != SAMPLES and not Path(config.images).is_dir():
         raise DataError(f"image folder {config.images} does not exist or is not a folder")
-    if (Path(config.out) / "run.json").is_file() and not config.resume:
+    if rank == 0 and (Path(config.out) / "run.json").is_file() and not config.resume:
         raise DataError(
             f"{config.out} already holds a run; pass --resume to continue it, or choose "
             "another --out"
@@ -455,7 +455,7 @@ def _run(
             for method in todo[b]:
                 writer.commit(_unit(config, lm, items, b, batch, method))
                 stats.units_computed += 1
-                stats.explanations += len(batch)
+                stats.explanations += sum(it.x is not None for it in batch)
                 bar.update(len(batch))
     finally:
         bar.close()
