@@ -93,8 +93,9 @@ def loop_seconds(stdout: str) -> float:
     return max(times)
 
 
-def method_rates(out: Path) -> dict[str, tuple[int, float]]:
-    """Per method: images evaluated and the slowest process's seconds for them."""
+def method_rates(out: Path) -> dict[str, tuple[int, float, float]]:
+    """Per method: images evaluated, the slowest process's wall seconds for them, and the CPU
+    seconds of all processes for them."""
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     shard_of = {}
@@ -104,6 +105,7 @@ def method_rates(out: Path) -> dict[str, tuple[int, float]]:
             r = json.loads(line)
             shard_of[(int(r["batch"]), r["method"])] = rank
     seconds: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    cpu: dict[str, float] = defaultdict(float)
     images: dict[str, set[int]] = defaultdict(set)
     seen = set()
     for r in rows:
@@ -115,8 +117,9 @@ def method_rates(out: Path) -> dict[str, tuple[int, float]]:
         seen.add(key)
         rank = shard_of[(int(r["batch"]), r["method"])]
         seconds[r["method"]][rank] += float(r["seconds"])
+        cpu[r["method"]] += float(r["cpu_seconds"])
         images[r["method"]].add(int(r["index"]))
-    return {m: (len(images[m]), max(seconds[m].values())) for m in seconds}
+    return {m: (len(images[m]), max(seconds[m].values()), cpu[m]) for m in seconds}
 
 
 def table_difference(a: Path, b: Path) -> tuple[bool, float]:
@@ -188,20 +191,23 @@ def main() -> None:
         f"K = {args.steps} deletion/insertion steps, batch size {args.batch_size}, "
         f"{args.workers} loader workers. Images/s: the whole evaluation of an image by one method "
         "(explanation and all metrics); p processes: the images over the slowest process's "
-        f"time. Efficiency: r_p / (p r_1). Every process runs {args.threads} torch thread(s) "
+        "time; images per CPU-second: the images over the CPU time of their units in the "
+        f"{args.procs[0]}-process run. Efficiency: r_p / (p r_1). Every process runs "
+        f"{args.threads} torch thread(s) "
         "(torchrun sets OMP_NUM_THREADS=1).",
         "",
         "| method | "
         + " | ".join(f"{q} proc images/s" for q in args.procs)
         + "".join(f" | efficiency {q} proc" for q in args.procs[1:])
-        + " |",
-        "|---|" + "---:|" * (len(args.procs) + len(args.procs[1:])),
+        + " | images per CPU-second |",
+        "|---|" + "---:|" * (2 * len(args.procs)),
     ]
     first = args.procs[0]
     for m in args.methods:
         rates = {q: results[q][2][m][0] / results[q][2][m][1] for q in args.procs}
         cells = [f"{rates[q]:.2f}" for q in args.procs]
         cells += [f"{rates[q] / (q / first * rates[first]):.2f}" for q in args.procs[1:]]
+        cells.append(f"{results[first][2][m][0] / results[first][2][m][2]:.2f}")
         lines.append(f"| {get_method(m).label} | " + " | ".join(cells) + " |")
     total_expl = args.images * len(args.methods)
     lines.append("")
@@ -215,6 +221,13 @@ def main() -> None:
         q = args.procs[1]
         eff = (results[first][1] / results[q][1]) / (q / first)
         lines.append(f"- scaling efficiency of the whole loop, {first} -> {q} processes: {eff:.2f}")
+        work = sum(v[2] for v in results[first][2].values())
+        work_q = sum(v[2] for v in results[q][2].values())
+        lines.append(
+            f"- CPU time of all units: {work:.1f} s with {first}, {work_q:.1f} s with {q} "
+            f"processes (work efficiency {work / work_q:.2f}: what sharding adds to the work, "
+            "whatever else the machine runs)"
+        )
         same, diff = compared[0]
         lines.append(
             f"- merged {q}-process table against the {first}-process table: same rows, images, "

@@ -483,7 +483,7 @@ def _unit(
     results: dict[str, tuple[list[Any], Any]] = {}
     per_image: dict[int, dict[str, Any]] = {}
     error = ""
-    seconds = None
+    seconds = cpu_seconds = None
     if ok:
         x = torch.stack([it.x for it in ok]).to(lm.device)  # type: ignore[misc]
         labels = [items[it.index].label for it in ok]
@@ -492,7 +492,7 @@ def _unit(
             _object_mask(items[it.index], t, it.size, lm)  # type: ignore[arg-type]
             for it, t in zip(ok, targets, strict=True)
         ]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             results = evaluate_batch(
                 lm,
@@ -508,6 +508,7 @@ def _unit(
         except (ValueError, RuntimeError) as err:  # a method or metric that fails on this batch
             error = f"{type(err).__name__}: {' '.join(str(err).split())}"
         seconds = (time.perf_counter() - start) / len(ok)
+        cpu_seconds = (time.process_time() - cpu) / len(ok)
         for j, it in enumerate(ok):
             per_image[it.index] = {
                 "j": j,
@@ -533,9 +534,10 @@ def _unit(
                 "predicted": None,
                 **base,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
             }
             if info is None:
-                row.update(status="skipped", reason=it.reason, seconds=None)
+                row.update(status="skipped", reason=it.reason, seconds=None, cpu_seconds=None)
             else:
                 row.update(
                     target=info["target"],

@@ -63,6 +63,7 @@ COLUMNS = (
     "batch",
     "unit_rows",
     "seconds",
+    "cpu_seconds",
 )
 
 SHARDS = "shards"
