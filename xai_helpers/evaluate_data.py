@@ -17,6 +17,7 @@ carries the one-line reason, and the job records the image as skipped.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -113,11 +114,12 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _wnids() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _wnids() -> dict[str, int]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [info.index_to_label_name(i) for i in range(1000)]
+    return {info.index_to_label_name(i): i for i in range(1000)}
 
 
 def resolve_class(text: str, class_names: Sequence[str]) -> int | None:
@@ -129,8 +131,7 @@ def resolve_class(text: str, class_names: Sequence[str]) -> int | None:
         index = int(text)
         return index if index < len(class_names) else None
     if _WNID.match(text) and len(class_names) == 1000:
-        wnids = _wnids()
-        return wnids.index(text) if text in wnids else None
+        return _wnids().get(text)
     lowered = [c.lower() for c in class_names]
     name = text.replace("_", " ").lower()
     return lowered.index(name) if name in lowered else None
