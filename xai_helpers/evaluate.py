@@ -35,7 +35,9 @@ How the job is organised:
   (:mod:`xai_helpers.progress`) shows explanations per second and the time left.
 
 Output in ``--out``: ``run.json`` (the run's settings, checked by ``--resume``),
-``shards/rank-NNN.jsonl`` (the rows as computed, with the deletion and insertion curves),
+``shards/rank-NNN.jsonl`` (the rows as computed, with the deletion and insertion curves;
+``seconds`` and ``cpu_seconds`` are the wall and CPU time per image of the row's unit,
+explanation and metrics),
 ``results.csv`` (all rows, merged), ``summary.md`` and ``summary.csv`` (mean and 95 % bootstrap
 interval per method and metric) and the figures ``curves.png`` and ``distributions.png``
 (:mod:`xai_helpers.evaluate_results`).
