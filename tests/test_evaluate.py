@@ -346,3 +346,26 @@ def test_imagenet_layout_labels_from_xml_boxes_and_a_seeded_sample(tmp_path):
         config.seed = seed
         draws.add(tuple(it.key for it in _items(config, lm)[0]))
     assert len(draws) > 1  # the seed decides which images
+
+
+def test_a_full_disk_leaves_only_complete_units(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "s.jsonl"
+    unit = [{"batch": 0, "method": "cam", "unit_rows": 2, "i": i} for i in range(2)]
+    writer = ShardWriter(path)
+    writer.commit(unit)
+    size = path.stat().st_size
+    real_write = os.write
+
+    def full_disk(fd, data):  # half the bytes reach the file, then the disk is full
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="--resume"):
+        writer.commit([{**r, "batch": 1} for r in unit])
+    monkeypatch.undo()
+    writer.close()
+    assert path.stat().st_size == size
+    assert [r["batch"] for r in read_shard(path)[0]] == [0, 0]
