@@ -123,7 +123,7 @@ def method_rates(out: Path) -> dict[str, tuple[int, float, float]]:
 
 
 def table_difference(a: Path, b: Path) -> tuple[bool, float]:
-    """Whether two tables agree in every column but ``value`` and ``seconds``, and the largest
+    """Whether two tables agree in every column but ``value`` and the times, and the largest
     difference of their values (the process counts run different numbers of threads, and a
     float sum split over other threads may differ in its last bits)."""
 
@@ -132,7 +132,7 @@ def table_difference(a: Path, b: Path) -> tuple[bool, float]:
             return list(csv.DictReader(f))
 
     ra, rb = read(a), read(b)
-    skip = ("value", "seconds")
+    skip = ("value", "seconds", "cpu_seconds")
     same = len(ra) == len(rb) and all(
         {k: v for k, v in x.items() if k not in skip}
         == {k: v for k, v in y.items() if k not in skip}
