@@ -136,3 +136,34 @@ def test_signed_overlay_keeps_the_grey_photo_where_relevance_is_zero():
     assert out[4, 4, 0] == pytest.approx(out[4, 4, 2])  # grey: equal channels
     assert out[0, 0, 0] > 0.9 and out[0, 0, 2] < 0.1  # saturated red
     assert out[-1, -1, 2] > 0.9 and out[-1, -1, 0] < 0.1  # saturated blue
+
+
+def test_mark_invalid_covers_exactly_the_invalid_pixels():
+    import matplotlib.pyplot as plt
+
+    from xai_helpers.viz import mark_invalid
+
+    heat = np.linspace(0, 1, 40 * 30).reshape(30, 40)
+    valid = np.ones((30, 40), bool)
+    valid[:, :10] = False  # e.g. the corner a rotation brought in
+    back = np.where(valid, heat, np.nan)
+    fig, ax = plt.subplots()
+    show_map(ax, np.nan_to_num(back), np.full((30, 40, 3), 0.5), colorbar=False)
+    handle = mark_invalid(ax, valid)
+    layer = ax.get_images()[-1].get_array()
+    np.testing.assert_array_equal(layer[..., 3], ~valid)  # opaque where invalid, clear elsewhere
+    assert len(ax.collections) == 1 and list(ax.collections[0].hatches) == ["///"]
+    assert handle.get_label() == "no data" and handle.get_hatch() == "///"
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    assert rgb.std() > 0  # something was drawn
+    with pytest.raises(ValueError, match="bool"):
+        mark_invalid(ax, valid.astype(float))
+    with pytest.raises(ValueError, match="does not match"):
+        mark_invalid(ax, valid[:, :20])
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    show_map(ax, heat, colorbar=False)
+    mark_invalid(ax, np.ones((30, 40), bool))  # nothing invalid: no hatch, a clear layer
+    assert not ax.collections and ax.get_images()[-1].get_array()[..., 3].max() == 0
+    plt.close(fig)

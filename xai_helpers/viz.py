@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from PIL import Image
 
 from .images import to_rgb_array
@@ -46,6 +47,7 @@ __all__ = [
     "color_limits",
     "draw_boxes",
     "grey_image",
+    "mark_invalid",
     "normalize_map",
     "overlay",
     "plot_grid",
@@ -272,6 +274,55 @@ def show_map(
         ax.set_title(title)
     ax.set_axis_off()
     return ax
+
+
+def mark_invalid(
+    ax: Axes,
+    valid: np.ndarray | torch.Tensor,
+    color: str | tuple[float, float, float] = "0.6",
+    hatch: str = "///",
+    hatch_color: str | tuple[float, float, float] = "0.25",
+    label: str = "no data",
+) -> Patch:
+    """Cover the pixels where ``valid`` is False with an opaque, hatched grey "no data" layer.
+
+    A map carried back onto the original grid by an inverse warp
+    (:func:`xai_helpers.perturb.unwarp`) has no value where the original pixel left the frame
+    (``NaN``). Drawn as it is, such a pixel looks like zero relevance, which is a claim the
+    method never made. Call this after :func:`show_map` on the same axes: the invalid pixels
+    are painted ``color`` with ``hatch`` lines on top, so they cannot be mistaken for any value
+    of a colour map.
+
+    Parameters
+    ----------
+    valid:
+        (H, W) bool, True where the map has a value (``Warped.valid``); the same shape as the
+        image already drawn on ``ax``.
+    label:
+        The legend entry of the returned handle (``ax.legend(handles=[handle])``).
+
+    Returns
+    -------
+    matplotlib.patches.Patch
+        A legend handle that looks like the layer.
+    """
+    v = _as_numpy(valid)
+    if v.dtype != np.bool_ or v.ndim != 2:
+        raise ValueError(f"valid must be a 2-D bool mask (H, W), got {v.dtype} {v.shape}")
+    for image in ax.get_images():
+        if image.get_array().shape[:2] != v.shape:
+            raise ValueError(
+                f"valid mask {v.shape} does not match the image on the axes "
+                f"{image.get_array().shape[:2]}"
+            )
+    layer = np.zeros(v.shape + (4,))
+    layer[..., :3] = to_rgb(color)
+    layer[..., 3] = ~v
+    ax.imshow(layer, interpolation="nearest")
+    if not v.all():
+        with plt.rc_context({"hatch.color": hatch_color, "hatch.linewidth": 0.8}):
+            ax.contourf((~v).astype(float), levels=[0.5, 1.5], colors="none", hatches=[hatch])
+    return Patch(facecolor=color, edgecolor=hatch_color, hatch=hatch, label=label)
 
 
 def draw_boxes(
