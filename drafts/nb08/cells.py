@@ -226,6 +226,7 @@ fig, axes = plt.subplots(len(rows), len(PHOTOS), figsize=(1.9 * len(PHOTOS), 1.7
 for c, name in enumerate(PHOTOS):
     view = lm.view(sample_image(name))
     axes[0, c].imshow(view)
+    axes[0, c].set_axis_off()
     axes[0, c].set_title(f"{name}\n{lm.class_names[classes[name][0]][:14]}", fontsize=10)
     for r, method in enumerate(METHODS, start=1):
         show_map(axes[r, c], top1_map(method, name), view, colorbar=False,
@@ -447,7 +448,7 @@ the two halves of `cat_and_coffee` are the informative ones (`astronaut` has no 
 ''')
 
 code(r'''
-fig, axes = plt.subplots(1, len(OBJECTS), figsize=(2.3 * len(OBJECTS), 2.6), layout="constrained")
+fig, axes = plt.subplots(1, len(OBJECTS), figsize=(2.3 * len(OBJECTS), 2.9), layout="constrained")
 object_masks, object_maps = [], {m: [] for m in METHODS + REFERENCES}
 for ax, o in zip(axes, OBJECTS, strict=True):
     box = sample_boxes(o.image, lm)[o.label]
