@@ -637,10 +637,10 @@ for method in sanity:
     print(f"{LABEL[method]:16s} Spearman {np.round(rho[method].numpy(), 2)}  "
           f"SSIM {np.round(ssim[method].numpy(), 2)}")
 passes_first = [m for m in EVERYWHERE + REFERENCES if rho[m][1] < 0.5 and ssim[m][1] < 0.5]
-partial = [m for m in EVERYWHERE + REFERENCES if m not in passes_first and min(rho[m][1:]) < 0.5]
-fails = [m for m in EVERYWHERE + REFERENCES if m not in passes_first + partial]
+partly = [m for m in EVERYWHERE + REFERENCES if m not in passes_first and min(rho[m][1:]) < 0.5]
+fails = [m for m in EVERYWHERE + REFERENCES if m not in passes_first + partly]
 print("change at the first cut (classifier):", ", ".join(LABEL[m] for m in passes_first))
-print("change only further down, or only in one measure:", ", ".join(LABEL[m] for m in partial))
+print("change only further down, or only in one measure:", ", ".join(LABEL[m] for m in partly))
 print("never fall below 0.5 in rank correlation:", ", ".join(LABEL[m] for m in fails) or "none")
 ''')
 
