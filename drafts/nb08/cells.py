@@ -604,8 +604,8 @@ colours = plt.cm.tab20(np.linspace(0, 1, 20))
 for ax, (values, title) in zip(axes, [(rho, "Spearman rank correlation"), (ssim, "SSIM")],
                                strict=True):
     for j, (method, v) in enumerate(values.items()):
-        style = {"color": "black", "ls": "--"} if method in REFERENCES else {
-            "color": colours[j % 20], "ls": "-" if j % 2 else ":"}
+        style = {"color": "black", "ls": ["--", ":", "-."][REFERENCES.index(method)]} if (
+            method in REFERENCES) else {"color": colours[j % 20], "ls": "-" if j % 2 else ":"}
         ax.plot(range(len(steps)), v, marker="o", label=LABEL[method], **style)
     ax.set_xticks(range(len(steps)), steps, rotation=30)
     ax.set(title=f"{title} to the original", xlabel="randomised down to (cumulative)",
@@ -627,8 +627,7 @@ for row, method in enumerate(shown):
     axes[row, 0].set_axis_on()
     axes[row, 0].set(xticks=[], yticks=[])
     axes[row, 0].set_ylabel(LABEL[method], fontsize=9)
-fig.suptitle(f"{SANITY_PHOTO}: maps after each randomisation step (each map on its own scale)",
-             fontsize=10)
+fig.suptitle(f"{SANITY_PHOTO}: maps after each step\n(each on its own scale)", fontsize=10)
 plt.show()
 ''')
 
