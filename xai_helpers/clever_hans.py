@@ -38,6 +38,7 @@ from PIL import Image
 from scipy.cluster.vq import kmeans2
 from torch import nn
 
+from .metrics import box_share
 from .models import LoadedModel
 from .perturb import draw_text, to_input
 from .progress import Reporter
@@ -54,6 +55,7 @@ __all__ = [
     "fit_head",
     "frozen_features",
     "make_face_set",
+    "pool_maps",
     "relevance_share",
     "spray",
     "with_head",
@@ -178,7 +180,9 @@ def add_cue(images: np.ndarray, mask: Sequence[bool] | np.ndarray) -> np.ndarray
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
         raise CleverHansError(f"images must be (N, S, S, 3), got shape {images.shape}")
     if mask.shape != (len(images),):
-        raise CleverHansError(f"mask must have one entry per image ({len(images)}), got {mask.shape}")
+        raise CleverHansError(
+            f"mask must have one entry per image ({len(images)}), got {mask.shape}"
+        )
     out = images.copy()
     args = _stamp_args(images.shape[1])
     for i in np.flatnonzero(mask):
@@ -278,15 +282,13 @@ def with_head(lm: LoadedModel, head: nn.Linear, name: str = "face head") -> Load
 # ----------------------------------------------------------------------------------------------
 
 
-def relevance_share(
-    maps: np.ndarray | torch.Tensor, box: Sequence[int], eps: float = 1e-12
-) -> np.ndarray:
+def relevance_share(maps: np.ndarray | torch.Tensor, box: Sequence[int]) -> np.ndarray:
     """Share of each map's positive relevance inside ``box``: shape (N,).
 
     :math:`s = \\sum_{p \\in B} \\max(R_p, 0) \\,/\\, \\sum_p \\max(R_p, 0)` for the pixels
     :math:`p` of the box :math:`B = (l, t, r, b)` (right and bottom exclusive). A map that
     ignores the box has :math:`s` near the box's share of the area; a map with no positive
-    value has :math:`s = 0`.
+    value has :math:`s = 0`. It is :func:`xai_helpers.metrics.box_share` of the positive part.
     """
     m = torch.as_tensor(maps).double()
     if m.ndim == 2:
@@ -296,9 +298,8 @@ def relevance_share(
     left, top, right, bottom = (int(v) for v in box)
     if not (0 <= left < right <= m.shape[2] and 0 <= top < bottom <= m.shape[1]):
         raise CleverHansError(f"box {tuple(box)} is empty or outside the {tuple(m.shape[1:])} map")
-    pos = m.clamp(min=0)
-    inside = pos[:, top:bottom, left:right].sum((1, 2))
-    return (inside / pos.sum((1, 2)).clamp(min=eps)).numpy()
+    share = box_share(m.clamp(min=0), (left, top, right, bottom))
+    return torch.nan_to_num(share, nan=0.0).numpy()
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ def spray(
     top = min(max_clusters + 1, n)
     values, vectors = scipy.linalg.eigh(lap, subset_by_index=[0, top - 1])
     if n_clusters is None:
-        gaps = np.diff(values)[1:top - 1]  # gap after lambda_2 ... lambda_max: k = 2 ...
+        gaps = np.diff(values)[1 : top - 1]  # gap after lambda_2 ... lambda_max: k = 2 ...
         n_clusters = int(np.argmax(gaps)) + 2
     if not 2 <= n_clusters < top + 1:
         raise CleverHansError(f"n_clusters must be in 2..{top}, got {n_clusters}")
