@@ -459,9 +459,9 @@ def rise(
     the same image explained for several classes shares every pass. Unsigned (non-negative for
     ``score="probability"``).
 
-    Cost: :math:`N` forward passes per distinct image. Petsiuk et al. use :math:`N = 4000`,
-    :math:`s = 7`, :math:`p = 0.5` for ResNet50; the default :math:`N = 1000` keeps a call
-    under a minute on two CPU cores (notebook 07 measures how the map settles as N grows).
+    Cost: :math:`N` forward passes per distinct image. Petsiuk et al. use thousands of masks;
+    the default :math:`N = 1000` keeps a call under a minute on two CPU cores (notebook 07
+    measures how the map settles as N grows).
 
     Parameters
     ----------
