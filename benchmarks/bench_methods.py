@@ -421,6 +421,11 @@ def run_group(
 
 
 def skip_reason(model: str, batch: int, method: str, full: bool) -> str | None:
+    if REGISTRY[method].family == "perturbation":
+        return (
+            "occlusion and RISE are measured by bench_perturbation.py (against captum's "
+            "Occlusion and the bare model's throughput)"
+        )
     if method == "cam" and model == "vgg16":
         return "VGG16 has no GAP -> Linear head, so CAM does not apply (torchcam refuses too)"
     if method == "score_cam" and not full and (model != "efficientnet_lite0" or batch != 1):

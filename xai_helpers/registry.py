@@ -153,7 +153,7 @@ def _select(where: dict[str, Any]) -> Iterator[Method]:
 
 
 def _register_course_methods() -> None:
-    from . import cams
+    from . import cams, occlusion
     from .lrp import lrp
 
     def cam_family(fn: Callable[..., Any]) -> MethodFn:
@@ -163,6 +163,16 @@ def _register_course_methods() -> None:
         run.__name__ = run.__qualname__ = f"{fn.__name__}_map"
         run.__doc__ = f"``{fn.__name__}(...).upsampled``: the (N, H, W) map in [0, 1]."
         return run
+
+    def occlusion_map(
+        loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """``occlusion(...).saliency``: the mean score drop, signed, in probability units."""
+        return occlusion.occlusion(loaded, x, target, **kwargs).saliency
+
+    def rise_map(loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any) -> torch.Tensor:
+        """``rise(...).normalized``: the (N, H, W) RISE saliency min-max normalised to [0, 1]."""
+        return occlusion.rise(loaded, x, target, **kwargs).normalized
 
     def lrp_map(loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any) -> torch.Tensor:
         """``lrp(...).relevance``: signed pixel relevance, summed over colour channels."""
@@ -208,6 +218,16 @@ def _register_course_methods() -> None:
             "ablation_cam", "Ablation-CAM", cam_family(cams.ablation_cam), "cam", layer="any",
             needs_gradients=False, reports_progress=True,
             citation="Desai & Ramaswamy, WACV 2020",
+        ),
+        # the perturbation family of notebook 07: forward passes on masked inputs
+        Method(
+            "occlusion", "Occlusion", occlusion_map, "perturbation", signed=True,
+            layer="none", needs_gradients=False, reports_progress=True,
+            citation="Zeiler & Fergus, ECCV 2014",
+        ),
+        Method(
+            "rise", "RISE", rise_map, "perturbation", layer="none", needs_gradients=False,
+            reports_progress=True, citation="Petsiuk et al., BMVC 2018",
         ),
     ):
         register(record)
