@@ -300,7 +300,7 @@ def smooth_grad(
 
     .. math:: \hat a(x) = \frac{1}{n}\sum_{k=1}^{n} \nabla y^c\big(x + \epsilon_k\big),
        \qquad \epsilon_k \sim \mathcal{N}(0, \sigma^2),
-       \quad \sigma = \texttt{noise\_level} \cdot (x_{\max} - x_{\min})
+       \quad \sigma = \text{noise level} \cdot (x_{\max} - x_{\min})
 
     :math:`\sigma` is a fraction of each image's value range (the paper's 10-20 % work best).
     The noise comes from a generator seeded with ``seed`` (the result is the same on every run
