@@ -153,7 +153,7 @@ def _select(where: dict[str, Any]) -> Iterator[Method]:
 
 
 def _register_course_methods() -> None:
-    from . import cams, occlusion
+    from . import cams, gradients, occlusion
     from .lrp import lrp
 
     def cam_family(fn: Callable[..., Any]) -> MethodFn:
@@ -178,6 +178,16 @@ def _register_course_methods() -> None:
         """``lrp(...).relevance``: signed pixel relevance, summed over colour channels."""
         return lrp(loaded, x, target, **kwargs).relevance
 
+    def gradient_family(fn: Callable[..., Any]) -> MethodFn:
+        reduce = gradients.REDUCTIONS[fn.__name__]
+
+        def run(loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any) -> torch.Tensor:
+            return reduce(fn(loaded, x, target, **kwargs).attributions)
+
+        run.__name__ = run.__qualname__ = f"{fn.__name__}_map"
+        run.__doc__ = f"``{reduce.__name__}({fn.__name__}(...).attributions)``: (N, H, W)."
+        return run
+
     for record in (
         Method(
             "cam", "CAM", cam_family(cams.cam), "cam", layer="fixed", needs_gradients=False,
@@ -199,6 +209,32 @@ def _register_course_methods() -> None:
         Method(
             "lrp", "LRP", lrp_map, "lrp", signed=True, layer="none",
             citation="Bach et al., PLOS ONE 2015; Montavon et al. 2019",
+        ),
+        # the gradient family of notebook 06
+        Method(
+            "saliency", "Saliency", gradient_family(gradients.saliency), "gradient",
+            citation="Simonyan et al., ICLR Workshop 2014",
+        ),
+        Method(
+            "gradient_x_input", "Gradient × Input", gradient_family(gradients.gradient_x_input),
+            "gradient", signed=True, citation="Shrikumar et al., ICML 2017",
+        ),
+        Method(
+            "guided_backprop", "Guided Backprop", gradient_family(gradients.guided_backprop),
+            "gradient", signed=True, citation="Springenberg et al., ICLR Workshop 2015",
+        ),
+        Method(
+            "guided_grad_cam", "Guided Grad-CAM", gradient_family(gradients.guided_grad_cam),
+            "gradient", signed=True, layer="any", citation="Selvaraju et al., ICCV 2017",
+        ),
+        Method(
+            "smooth_grad", "SmoothGrad", gradient_family(gradients.smooth_grad), "gradient",
+            reports_progress=True, citation="Smilkov et al., arXiv 2017",
+        ),
+        Method(
+            "integrated_gradients", "Integrated Gradients",
+            gradient_family(gradients.integrated_gradients), "gradient", signed=True,
+            reports_progress=True, citation="Sundararajan et al., ICML 2017",
         ),
         # the CAM variants of notebook 07 (after LRP and the gradient family, in learning order)
         Method(
