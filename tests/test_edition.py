@@ -183,11 +183,10 @@ def test_a_stub_that_is_not_python_is_refused():
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
 def test_course_notebooks_follow_the_format(path):
     nb = read(path)
-    if is_old_format(nb):
-        pytest.skip(f"{path.name} still has exercises in the old form (a later pass converts it)")
+    assert not is_old_format(nb), f"{path.name} has exercises in the old form (docs/AUTHORING.md)"
     exercises = edition.parse_exercises(nb, where=path.name)
-    if not exercises:
-        pytest.skip(f"{path.name} has no exercises yet (every notebook gets some in a later pass)")
+    assert exercises, f"{path.name} has no exercises: every notebook has some"
+    assert any(e.points for e in exercises), f"{path.name} has no graded exercise"
 
 
 # --- the student edition ---------------------------------------------------------------------
