@@ -155,6 +155,7 @@ def _select(where: dict[str, Any]) -> Iterator[Method]:
 def _register_course_methods() -> None:
     from . import cams, gradients, occlusion
     from .lrp import lrp
+    from .maps import normalize_per_image
 
     def cam_family(fn: Callable[..., Any]) -> MethodFn:
         def run(loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any) -> torch.Tensor:
@@ -178,14 +179,18 @@ def _register_course_methods() -> None:
         """``lrp(...).relevance``: signed pixel relevance, summed over colour channels."""
         return lrp(loaded, x, target, **kwargs).relevance
 
-    def gradient_family(fn: Callable[..., Any]) -> MethodFn:
+    def gradient_family(fn: Callable[..., Any], unsigned: bool = False) -> MethodFn:
         reduce = gradients.REDUCTIONS[fn.__name__]
 
         def run(loaded: Any, x: torch.Tensor, target: Any = None, **kwargs: Any) -> torch.Tensor:
-            return reduce(fn(loaded, x, target, **kwargs).attributions)
+            reduced = reduce(fn(loaded, x, target, **kwargs).attributions)
+            # an unsigned map of the registry lies in [0, 1], like the CAM family's
+            return normalize_per_image(reduced) if unsigned else reduced
 
         run.__name__ = run.__qualname__ = f"{fn.__name__}_map"
-        run.__doc__ = f"``{reduce.__name__}({fn.__name__}(...).attributions)``: (N, H, W)."
+        run.__doc__ = f"``{reduce.__name__}({fn.__name__}(...).attributions)``: (N, H, W)" + (
+            ", min-max normalised per image to [0, 1]." if unsigned else "."
+        )
         return run
 
     for record in (
@@ -212,7 +217,7 @@ def _register_course_methods() -> None:
         ),
         # the gradient family of notebook 06
         Method(
-            "saliency", "Saliency", gradient_family(gradients.saliency), "gradient",
+            "saliency", "Saliency", gradient_family(gradients.saliency, unsigned=True), "gradient",
             citation="Simonyan et al., ICLR Workshop 2014",
         ),
         Method(
@@ -228,8 +233,8 @@ def _register_course_methods() -> None:
             "gradient", signed=True, layer="any", citation="Selvaraju et al., ICCV 2017",
         ),
         Method(
-            "smooth_grad", "SmoothGrad", gradient_family(gradients.smooth_grad), "gradient",
-            reports_progress=True, citation="Smilkov et al., arXiv 2017",
+            "smooth_grad", "SmoothGrad", gradient_family(gradients.smooth_grad, unsigned=True),
+            "gradient", reports_progress=True, citation="Smilkov et al., arXiv 2017",
         ),
         Method(
             "integrated_gradients", "Integrated Gradients",
