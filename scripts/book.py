@@ -123,6 +123,18 @@ def progress_text(model_id: str, state: dict) -> str | None:
     )
 
 
+#: the text ``course.py execute`` stores beside an explorer's still (explorer_draw.STILL_NOTE)
+STORED_STILL_TEXT = "run the cells to use the controls"
+
+
+def _is_stored_still(output: dict) -> bool:
+    """An explorer as ``course.py execute`` stores it: a picture whose text says it is a still."""
+    data = output.get("data", {})
+    text = data.get("text/plain", "")
+    text = "".join(text) if isinstance(text, list) else text
+    return any(mime in data for mime in PICTURES) and STORED_STILL_TEXT in text
+
+
 def _static_outputs(output: dict, state: dict) -> list[nbformat.NotebookNode]:
     """What a static page shows for one output that holds a widget view."""
     data = output["data"]
@@ -166,6 +178,8 @@ def prepare_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         outputs = []
         for output in cell.outputs:
             if WIDGET_VIEW in output.get("data", {}):
+                outputs.extend(_static_outputs(output, state))
+            elif _is_stored_still(output):
                 outputs.extend(_static_outputs(output, state))
             else:
                 outputs.append(output)
