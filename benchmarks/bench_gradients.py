@@ -21,14 +21,12 @@ leaner**. Max diff: the largest difference divided by the largest |captum attrib
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,22 +43,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NOISE, SAMPLES, STEPS = 0.15, 16, 32
 
 
-class ReLU6AsReLU(nn.ReLU):
-    """ReLU6 that captum's guided methods recognise (they hook ``nn.ReLU`` only)."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(z, 0.0, 6.0)
-
-
-def captum_twin(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for module in list(twin.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU6):
-                setattr(module, name, ReLU6AsReLU())
-    return twin
-
-
 def pairs(
     lm: LoadedModel, x: torch.Tensor, t: list[int]
 ) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], nn.Module]]:
@@ -68,7 +50,8 @@ def pairs(
     from captum import attr
 
     model = lm.model
-    twin = captum_twin(model) if any(isinstance(m, nn.ReLU6) for m in model.modules()) else model
+    has_relu6 = any(isinstance(m, nn.ReLU6) for m in model.modules())
+    twin = G.relu6_as_relu(model) if has_relu6 else model
     layer = twin.get_submodule(lm.cam_layer)
     black = torch.tensor([(0 - m) / s for m, s in zip(lm.mean, lm.std, strict=True)])
     black = black.view(1, 3, 1, 1).expand_as(x).contiguous()

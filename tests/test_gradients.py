@@ -8,12 +8,10 @@ and on the original model it must equal the plain gradient.
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xai_helpers import gradients as G
@@ -35,22 +33,6 @@ METHODS = [
 ]
 
 
-class ReLU6AsReLU(nn.ReLU):
-    """ReLU6 that captum recognises as a ReLU (it hooks ``isinstance(m, nn.ReLU)`` only)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(x, 0.0, 6.0)
-
-
-def relu6_as_relu(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for module in list(twin.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.ReLU6):
-                setattr(module, name, ReLU6AsReLU())
-    return twin
-
-
 def close(ours: torch.Tensor, theirs: torch.Tensor, rel: float = 1e-5) -> float:
     """Largest difference relative to the largest |theirs|; asserts it is below ``rel``."""
     diff = float((ours - theirs).abs().max() / theirs.abs().max().clamp_min(1e-30))
@@ -68,7 +50,7 @@ def cat(lite0):
 
 @pytest.fixture(scope="module")
 def lite0_twin(lite0):
-    return relu6_as_relu(lite0.model)
+    return G.relu6_as_relu(lite0.model)
 
 
 @pytest.fixture(autouse=True)

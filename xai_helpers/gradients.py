@@ -17,6 +17,7 @@ restored, no parameter ``.grad`` written, no hook left behind, also when they ra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "guided_relus",
     "integrated_gradients",
     "path_rule",
+    "relu6_as_relu",
     "saliency",
     "smooth_grad",
 ]
@@ -190,6 +192,31 @@ def gradient_x_input(
 # ----------------------------------------------------------------------------------------------
 # guided backpropagation and guided Grad-CAM
 # ----------------------------------------------------------------------------------------------
+
+
+class ReLU6AsReLU(nn.ReLU):
+    """ReLU6 as a subclass of ``nn.ReLU``: the same function, recognised by captum's guided methods.
+
+    captum's ``GuidedBackprop`` and ``GuidedGradCam`` hook ``isinstance(m, nn.ReLU)`` modules only,
+    so on EfficientNet-Lite (ReLU6) they return the plain gradient.
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.hardtanh(z, 0.0, 6.0)
+
+
+def relu6_as_relu(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.ReLU6`` replaced by :class:`ReLU6AsReLU`.
+
+    The copy computes the same outputs; it exists to compare :func:`guided_backprop` with
+    captum's on models with ReLU6 (the tests, the benchmark). ``model`` is left as it was.
+    """
+    twin = copy.deepcopy(model)
+    for module in list(twin.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU6):
+                setattr(module, name, ReLU6AsReLU())
+    return twin
 
 
 @contextmanager
