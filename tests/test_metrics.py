@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -407,6 +408,13 @@ def test_measure_cost_counts_passes_and_removes_hooks() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         metrics.measure_cost(boom, model)
     assert not model._forward_hooks
+
+    # without the memory sampler: the same passes, no sampler thread left, the peak NaN
+    threads = threading.active_count()
+    _, quiet = metrics.measure_cost(three_forwards_one_backward, model, memory=False)
+    assert (quiet.forward_passes, quiet.forward_images, quiet.backward_passes) == (3, 12, 1)
+    assert math.isnan(quiet.peak_memory_mib) and quiet.memory_mib(floor_mib=0.0) is None
+    assert threading.active_count() == threads and not model._forward_hooks
 
 
 def test_measure_cost_repeats_and_says_when_memory_means_something() -> None:
