@@ -530,6 +530,26 @@ def test_lrp_counts_its_passes():
     from xai_helpers.metrics import measure_cost
 
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 4)).eval()
-    _, cost = measure_cost(lambda: lrp(model, torch.rand(3, 3, 5, 5), bounds=(0.0, 1.0)), model)
+    x = torch.rand(3, 3, 5, 5)
+    _, cost = measure_cost(lambda: lrp(model, x, bounds=(0.0, 1.0), batch_size=3), model)
     # the model once (the logits), its canonized copy once forward and once backward
     assert (cost.forward_passes, cost.forward_images, cost.backward_passes) == (2, 6, 1)
+    # by default the copy runs 2 images at a time: chunks of 2 and 1
+    _, cost = measure_cost(lambda: lrp(model, x, bounds=(0.0, 1.0)), model)
+    assert (cost.forward_passes, cost.forward_images, cost.backward_passes) == (3, 6, 2)
+
+
+def test_lrp_in_chunks_equals_one_pass():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 4)).eval()
+    x = torch.rand(5, 3, 5, 5, dtype=torch.float64)
+    model = model.double()
+    whole = lrp(model, x, [0, 1, 2, 3, 0], bounds=(0.0, 1.0), return_layers=True, batch_size=5)
+    for size in (1, 2, 4):
+        parts = lrp(model, x, [0, 1, 2, 3, 0], bounds=(0.0, 1.0), return_layers=True,
+                    batch_size=size)
+        torch.testing.assert_close(parts.input_relevance, whole.input_relevance)
+        assert list(parts.layer_sums) == list(whole.layer_sums)
+        for k in whole.layer_sums:
+            torch.testing.assert_close(parts.layer_sums[k], whole.layer_sums[k])
+    with pytest.raises(LrpError, match="batch_size"):
+        lrp(model, x, bounds=(0.0, 1.0), batch_size=0)
