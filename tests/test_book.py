@@ -522,7 +522,7 @@ def test_the_book_in_a_browser(site: Path):
                     page.screenshot(path=str(shots / f"book-{name}.png"))
                 else:
                     widest = page.evaluate(_WIDEST_TABLE_JS)
-                    assert widest["columns"] >= 10, widest  # the star table
+                    assert widest["columns"] >= 8, widest  # the star table: method + 7 measures
                     assert widest["scrolls"] or not widest["overflows"], widest
                     page.wait_for_timeout(300)
                     page.screenshot(path=str(shots / f"book-{name}.png"))
