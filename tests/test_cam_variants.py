@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_net import TinyNet
 from torch import nn
 
 from xai_helpers import cams
@@ -22,41 +23,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
 
-class TinyNet(nn.Module):
-    """conv-ReLU-conv (`features.2`, linear: signed activations) -ReLU-conv-ReLU-GAP-Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(6, 5, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(5, 4, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4, 7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-@pytest.fixture(scope="module")
-def tiny() -> TinyNet:
-    torch.manual_seed(0)
-    return TinyNet().double().eval()
-
-
 @pytest.fixture(scope="module")
 def xs() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(2, 3, 12, 12, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def cat_x(lite0) -> torch.Tensor:
-    return lite0.preprocess(["data/chelsea.png", "data/cat_and_coffee.png"])
 
 
 def activations_and_gradients(model, layer, x, target):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_net import TinyNet
 from torch import nn
 
 from xai_helpers import metrics
@@ -18,49 +19,10 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 
-class TinyNet(nn.Module):
-    """conv-ReLU-conv (`features.2`, the target) -ReLU-conv-ReLU-GAP-Linear.
-
-    The head after `features.2` is non-linear, so gradients vary over positions and activations
-    can be negative: Grad-CAM++'s alpha is not constant. `features.5`'s output is what GAP sees.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(6, 5, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(5, 4, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4, 7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-    def head_from(self, a: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from the output of features[start - 1]: the rest of the network."""
-        return self.fc(self.pool(self.features[start:](a)).flatten(1))
-
-
-@pytest.fixture(scope="module")
-def tiny() -> TinyNet:
-    torch.manual_seed(0)
-    return TinyNet().double().eval()
-
-
 @pytest.fixture(scope="module")
 def xs() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(2, 3, 12, 12, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def cat_x(lite0) -> torch.Tensor:
-    return lite0.preprocess(["data/chelsea.png", "data/cat_and_coffee.png"])
 
 
 # ------------------------------------------------------------------------------------------

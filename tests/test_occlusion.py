@@ -23,26 +23,6 @@ from xai_helpers.occlusion import (
 from xai_helpers.registry import get_method
 
 
-class TinyNet(nn.Module):
-    """conv-ReLU-conv-ReLU-GAP-Linear, in float64: exact enough to compare sums term by term."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU()
-        )
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module")
-def tiny() -> TinyNet:
-    torch.manual_seed(0)
-    return TinyNet().double().eval()
-
-
 @pytest.fixture(scope="module")
 def xs() -> torch.Tensor:
     torch.manual_seed(1)

@@ -30,7 +30,7 @@ from torch import nn
 from .baselines import baseline_batch
 from .cams import grad_cam
 from .hooks import restore_state
-from .inputs import Target, check_batch, resolve_targets
+from .inputs import Target, check_batch, resolve_targets, unpack_model
 from .maps import upsample
 from .models import LoadedModel
 from .progress import ProgressFn, Reporter
@@ -113,13 +113,7 @@ def channel_max_abs(attributions: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack(model_or_loaded: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
-    if isinstance(model_or_loaded, LoadedModel):
-        return model_or_loaded.model, model_or_loaded
-    if isinstance(model_or_loaded, nn.Module):
-        return model_or_loaded, None
-    raise GradientError(
-        f"expected a LoadedModel or an nn.Module, not {type(model_or_loaded).__name__}"
-    )
+    return unpack_model(model_or_loaded, error=GradientError)
 
 
 def _targets(target: Target, logits: torch.Tensor, loaded: LoadedModel | None) -> torch.Tensor:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import LoadedModel
+
 __all__ = [
     "InputError",
     "Target",
@@ -26,6 +28,7 @@ __all__ = [
     "expected_channels",
     "forward_channels_last",
     "resolve_targets",
+    "unpack_model",
 ]
 
 #: What a method may be asked to explain: ``None`` (each image's top-1 class), one class index
@@ -208,3 +211,14 @@ def forward_channels_last(model: Callable[[torch.Tensor], torch.Tensor], batch: 
     if batch.dim() == 4:
         batch = batch.contiguous(memory_format=torch.channels_last)
     return model(batch)
+
+
+def unpack_model(
+    model_or_loaded: nn.Module | LoadedModel, error: type[Exception] = InputError
+) -> tuple[nn.Module, LoadedModel | None]:
+    """``(network, LoadedModel or None)`` from what the caller passed; else ``error``."""
+    if isinstance(model_or_loaded, LoadedModel):
+        return model_or_loaded.model, model_or_loaded
+    if isinstance(model_or_loaded, nn.Module):
+        return model_or_loaded, None
+    raise error(f"expected a LoadedModel or an nn.Module, not {type(model_or_loaded).__name__}")

@@ -44,7 +44,7 @@ from torch import nn
 from .baselines import BaselineName, baseline_batch
 from .errors import PerturbationError
 from .hooks import restore_state
-from .inputs import Target, check_batch, forward_channels_last, resolve_targets
+from .inputs import Target, check_batch, forward_channels_last, resolve_targets, unpack_model
 from .maps import normalize_per_image
 from .models import LoadedModel
 from .progress import ProgressFn, Reporter
@@ -105,13 +105,7 @@ class PerturbationResult:
 
 
 def _unpack(model_or_loaded: nn.Module | LoadedModel) -> tuple[nn.Module, LoadedModel | None]:
-    if isinstance(model_or_loaded, LoadedModel):
-        return model_or_loaded.model, model_or_loaded
-    if isinstance(model_or_loaded, nn.Module):
-        return model_or_loaded, None
-    raise PerturbationError(
-        f"expected a LoadedModel or an nn.Module, not {type(model_or_loaded).__name__}"
-    )
+    return unpack_model(model_or_loaded, error=PerturbationError)
 
 
 def _positive_int(value: object, name: str) -> int:
