@@ -21,6 +21,7 @@ from xai_helpers.lrp import (
     LrpError,
     ZBox,
     build_network,
+    dense_to_conv,
     lrp,
     pixel_bounds,
     vgg_to_fully_convolutional,
@@ -553,3 +554,16 @@ def test_lrp_in_chunks_equals_one_pass():
             torch.testing.assert_close(parts.layer_sums[k], whole.layer_sums[k])
     with pytest.raises(LrpError, match="batch_size"):
         lrp(model, x, bounds=(0.0, 1.0), batch_size=0)
+
+
+def test_dense_to_conv_shares_the_weights_and_computes_the_same():
+    torch.manual_seed(0)
+    linear = nn.Linear(2 * 3 * 3, 4)
+    conv = dense_to_conv(linear, 2, 3)
+    assert conv.weight.data_ptr() == linear.weight.data_ptr()  # a view: no copy
+    assert conv.bias.data_ptr() == linear.bias.data_ptr()
+    x = torch.randn(5, 2, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x).flatten(1), linear(x.flatten(1)))
+    with pytest.raises(LrpError, match="not 3x3x3"):
+        dense_to_conv(linear, 3, 3)

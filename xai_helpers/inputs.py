@@ -198,7 +198,9 @@ def resolve_targets(
     return torch.tensor(out, dtype=torch.long, device=device)
 
 
-def forward_channels_last(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor):
+def forward_channels_last(
+    model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
+) -> torch.Tensor:
     """``model(batch)`` with the 4-D batch laid out ``channels_last`` (NHWC) in memory.
 
     The values are the same (up to float rounding); only the layout of the input changes, and the

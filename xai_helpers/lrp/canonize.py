@@ -52,8 +52,9 @@ def dense_to_conv(linear: nn.Linear, in_channels: int, kernel_size: int) -> nn.C
 
     :math:`W \in \mathbb{R}^{m\times Ck^2}` becomes :math:`m` filters of shape (C, k, k);
     flattening is row-major (C, then rows, then columns), as ``torch.flatten`` does. The
-    convolution shares the Linear's storage (its weight is a reshaped view, no copy: for VGG16's
-    first dense layer that is 400 MB not allocated twice); neither layer is modified.
+    convolution shares the Linear's storage (its weight is a reshaped view of a contiguous weight,
+    as every ``nn.Linear``'s is: for VGG16's first dense layer that is 400 MB not allocated
+    twice); neither layer is modified.
     """
     if linear.in_features != in_channels * kernel_size**2:
         raise LrpError(
@@ -63,7 +64,7 @@ def dense_to_conv(linear: nn.Linear, in_channels: int, kernel_size: int) -> nn.C
         in_channels, linear.out_features, kernel_size, bias=linear.bias is not None, device="meta"
     )  # on the meta device: no memory, no random initialisation; the parameters come next
     shape = (linear.out_features, in_channels, kernel_size, kernel_size)
-    conv.weight = nn.Parameter(linear.weight.detach().view(shape), linear.weight.requires_grad)
+    conv.weight = nn.Parameter(linear.weight.detach().reshape(shape), linear.weight.requires_grad)
     if linear.bias is not None:
         conv.bias = nn.Parameter(linear.bias.detach(), linear.bias.requires_grad)
     return conv
