@@ -4,6 +4,7 @@ SIGKILL, and a 2-process gloo run under torchrun equal to the 1-process run."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,14 @@ from PIL import Image
 
 from xai_helpers import metrics as M
 from xai_helpers.boxes import box_to_input_frame, boxes_to_mask
-from xai_helpers.evaluate import METRICS, EvaluateConfig, main, run
+from xai_helpers.evaluate import (
+    METRICS,
+    EvaluateConfig,
+    evaluate_batch,
+    main,
+    output_layer,
+    run,
+)
 from xai_helpers.evaluate_data import (
     DataError,
     find_images,
@@ -43,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["cam", "lrp"]  # cheap; LRP is signed (the positive-part path)
 STEPS = 2
 CAT_BOX = [0, 0, 400, 300]  # data/boxes.json's cat, in the photo's pixels
-N_ROWS = 3 * len(METHODS) * len(METRICS)
+DEFAULT_METRICS = [m for m, spec in METRICS.items() if spec.default]  # all but sanity
+N_ROWS = 3 * len(METHODS) * len(DEFAULT_METRICS)
 
 
 def _env() -> dict[str, str]:
@@ -110,7 +119,7 @@ def test_rows_complete_and_broken_image_skipped(reference):
     keys = {(r["image"], r["method"], r["metric"]) for r in rows}
     assert len(keys) == N_ROWS
     broken = [r for r in rows if r["image"] == "a_broken.png"]
-    assert len(broken) == len(METHODS) * len(METRICS)
+    assert len(broken) == len(METHODS) * len(DEFAULT_METRICS)
     assert all(r["status"] == "skipped" and "ImageLoadError" in r["reason"] for r in broken)
     assert all(r["value"] == "" for r in broken)
     coffee = [r for r in rows if r["image"] == "coffee.jpg"]
@@ -158,7 +167,7 @@ def test_resume_after_torn_row_recomputes_only_the_lost_unit(reference, folder, 
     shard = shard_path(copy, 0)
     lines = shard.read_bytes().splitlines(keepends=True)
     rows, _ = read_shard(shard)
-    assert rows[-1]["unit_rows"] == len(METRICS)  # the last unit: coffee alone in batch 1
+    assert rows[-1]["unit_rows"] == len(DEFAULT_METRICS)  # the last unit: coffee alone in batch 1
     # keep part of the last unit and then half a row: a write cut by a kill
     torn = b"".join(lines[: len(lines) - 3]) + lines[-3][:25]
     shard.write_bytes(torn)
@@ -369,3 +378,24 @@ def test_a_full_disk_leaves_only_complete_units(tmp_path, monkeypatch):
     writer.close()
     assert path.stat().st_size == size
     assert [r["batch"] for r in read_shard(path)[0]] == [0, 0]
+
+
+def test_sanity_metric_is_opt_in_and_equals_the_first_cascade_step(lite0):
+    # Adebayo et al.'s first step, per image: the map against the map of a copy whose output
+    # layer is randomised; computed by hand with xai_helpers.metrics
+    assert "sanity" in METRICS and not METRICS["sanity"].default  # it explains twice: opt-in
+    assert output_layer(lite0.model) == "classifier"
+    toy = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    assert output_layer(toy) == "0"
+    x = lite0.preprocess([sample_path("chelsea"), sample_path("coffee")])
+    out = evaluate_batch(lite0, x, [282, 967], "grad_cam", ["sanity"])
+    maps = explain(lite0, x, "grad_cam", [282, 967])
+    random_copy = M.randomize_layers(lite0.model, ["classifier"], seed=0)
+    again = explain(dataclasses.replace(lite0, model=random_copy), x, "grad_cam", [282, 967])
+    expected = M.spearman_rank(maps, again).tolist()
+    assert out["sanity"][1] is None
+    np.testing.assert_allclose(out["sanity"][0], expected, atol=1e-9)
+    # the cat's Grad-CAM changes (-0.35, as in notebook 08); the espresso's, filling the frame,
+    # hardly does: one image decides nothing, which is why the batch job reports every image
+    assert out["sanity"][0][0] < 0.0 < 0.5 < out["sanity"][0][1]
+    assert lite0.model.classifier.weight.requires_grad  # the model itself is untouched

@@ -46,6 +46,7 @@ interval per method and metric) and the figures ``curves.png`` and ``distributio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -82,7 +83,16 @@ from .models import MODEL_NAMES, LoadedModel, load_model
 from .progress import progress as progress_bar
 from .registry import METHODS, get_method
 
-__all__ = ["METRICS", "EvaluateConfig", "MetricSpec", "RunStats", "evaluate_batch", "main", "run"]
+__all__ = [
+    "METRICS",
+    "EvaluateConfig",
+    "MetricSpec",
+    "RunStats",
+    "evaluate_batch",
+    "main",
+    "output_layer",
+    "run",
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ class MetricSpec:
         It is computed only for images with a box of the explained class.
     unit:
         What one row's ``value`` is; the mean over rows is the paper's number.
+    default:
+        Computed when ``--metrics`` is not given. ``sanity`` is not: it explains every image a
+        second time, with a randomised copy of the model.
     """
 
     name: str
@@ -108,6 +121,7 @@ class MetricSpec:
     better: str
     needs_boxes: bool
     unit: str
+    default: bool = True
 
 
 #: The metrics of :mod:`xai_helpers.metrics` that apply per image, in table order.
@@ -124,8 +138,27 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec(
             "energy_pointing_game", "energy pointing game", "higher", True, "share of energy in box"
         ),
+        MetricSpec(
+            "sanity",
+            "sanity: Spearman after randomising the output layer",
+            "lower",
+            False,
+            "Spearman rank correlation of the map with the map of a copy whose output layer is "
+            "randomised (Adebayo et al. 2018, the first step of the cascade)",
+            default=False,
+        ),
     )
 }
+
+
+def output_layer(model: torch.nn.Module) -> str:
+    """The name of the model's last module with parameters of its own (``classifier`` for
+    EfficientNet-Lite, ``fc`` for ResNet50, ``classifier.6`` for VGG16): the first layer that
+    the cascading randomisation test randomises."""
+    names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(False))]
+    if not names:
+        raise DataError(f"{type(model).__name__} has no layer with parameters to randomise")
+    return names[-1]
 
 
 @dataclass
@@ -239,6 +272,11 @@ def evaluate_batch(
         r = M.average_drop_increase(model, x, positive, t, batch_size=metric_batch_size)
         out["average_drop"] = ((100 * r.drop).tolist(), None)
         out["increase"] = ((100 * r.increase.double()).tolist(), None)
+    if "sanity" in metrics:  # Adebayo et al.'s first step: the output layer randomised
+        random_copy = M.randomize_layers(model, [output_layer(model)], seed=seed)
+        loaded = dataclasses.replace(lm, model=random_copy)
+        again = explain(loaded, x, method, [int(v) for v in t], **method_kwargs(method))
+        out["sanity"] = (M.spearman_rank(maps.cpu(), again.cpu()).tolist(), None)
     if "pointing_game" in metrics or "energy_pointing_game" in metrics:
         masks = list(masks) if masks is not None else [None] * n
         have = [i for i in range(n) if masks[i] is not None]
@@ -420,7 +458,9 @@ def _run(
     items, boxes_source = _items(config, lm)
     if config.metrics is None:
         with_boxes = any(it.boxes for it in items)
-        config.metrics = [m for m, s in METRICS.items() if with_boxes or not s.needs_boxes]
+        config.metrics = [
+            m for m, s in METRICS.items() if s.default and (with_boxes or not s.needs_boxes)
+        ]
     config.boxes = boxes_source
     settings = _settings(config, items)
     _prepare_out(config, settings, rank, world)
@@ -602,7 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         nargs="+",
         default=None,
-        help=f"metric names (default: all that apply; {', '.join(METRICS)})",
+        help=(
+            f"metric names (default: all that apply except sanity, which explains every image "
+            f"twice; {', '.join(METRICS)})"
+        ),
     )
     p.add_argument(
         "--labels",
